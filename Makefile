@@ -1,0 +1,28 @@
+# Set-up is automatic: every target creates or reuses the local virtual environment.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST_ARGS ?=
+# Where a CPU build of PyTorch may lie on disk; when one of the pinned version is there, use it
+# (an unpinned torch would pull a multi-GB CUDA build).
+TORCH_WHEELS ?= /opt/wheels
+TORCH_LOCAL  ?= 2.13.0
+TORCH_REQ    := $(if $(wildcard $(TORCH_WHEELS)/torch-$(TORCH_LOCAL)*.whl),torch==$(TORCH_LOCAL),)
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_REQ) -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lossmap demo --out lossmap-demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf lossmap-demo .pytest_cache

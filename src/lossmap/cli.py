@@ -1,0 +1,57 @@
+"""The ``lossmap`` command: parses, calls the library, prints.
+
+Each sub-command lives in ``lossmap.commands.<name>`` and provides ``add_parser(subparsers)``
+(which sets ``func`` to its ``run(args) -> int``). User errors (:class:`LossmapError`) become one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import LossmapError
+
+COMMANDS = ("demo", "surface", "interpolate", "plot", "info", "report", "compare", "export")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2 (argparse prints usage too)
+        self.exit(2, f"lossmap: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lossmap", description="Loss landscapes of PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"lossmap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"lossmap.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"lossmap.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LossmapError as exc:
+        print(f"lossmap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lossmap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

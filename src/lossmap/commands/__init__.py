@@ -1,0 +1,1 @@
+"""Sub-commands of the ``lossmap`` command line (one module each)."""

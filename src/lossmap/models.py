@@ -1,0 +1,162 @@
+"""Reference networks shipped with lossmap, model specs and checkpoints."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LossmapError
+
+__all__ = ["MnistCNN", "load_model", "load_checkpoint", "save_checkpoint", "load_state_dict_into"]
+
+
+class MnistCNN(nn.Module):
+    """The seed article's MNIST network (1,199,882 parameters).
+
+    conv 1→32 3×3, ReLU, conv 32→64 3×3, ReLU, max-pool 2, dropout .25, flatten,
+    fc 9216→128, ReLU, dropout .5, fc 128→10, log-softmax.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {"mnist-cnn": MnistCNN}
+
+
+def _resolve_factory(spec: str, what: str) -> Callable:
+    """Resolve ``package.module:name`` or ``path/to/file.py:name`` to a callable."""
+    if ":" not in spec:
+        raise LossmapError(
+            f"{what} spec {spec!r} is not understood: use a built-in name or "
+            "'package.module:factory' or 'path/to/file.py:factory'"
+        )
+    module_part, _, attr = spec.rpartition(":")
+    if not module_part or not attr:
+        raise LossmapError(f"{what} spec {spec!r} needs both a module and a factory name, e.g. 'mymodels.py:build'")
+    try:
+        if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
+            path = Path(module_part)
+            if not path.is_file():
+                raise LossmapError(f"{what} file {module_part!r} does not exist: check the path in {spec!r}")
+            name = f"lossmap_user_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise LossmapError(f"cannot import {module_part!r}: it is not a Python file")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_part)
+    except LossmapError:
+        raise
+    except Exception as exc:  # the user's module failed to import
+        raise LossmapError(f"importing {module_part!r} for {what} spec {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise LossmapError(f"{module_part!r} has no callable {attr!r}: check the name after ':' in {spec!r}")
+    return factory
+
+
+def load_model(spec: str) -> nn.Module:
+    """Build a model from a spec: ``mnist-cnn``, ``package.module:factory`` or ``file.py:factory``."""
+    if spec in BUILTIN_MODELS:
+        return BUILTIN_MODELS[spec]()
+    factory = _resolve_factory(spec, "model")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise LossmapError(f"model factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise LossmapError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise LossmapError(f"checkpoint {str(path)!r} does not exist: check the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LossmapError(
+            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); "
+            "use a .safetensors file or a .pt/.pth state dict saved with torch.save(model.state_dict(), ...)"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LossmapError(f"checkpoint {str(path)!r} is not a state dict of tensors")
+    return state
+
+
+def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy ``state`` into ``model``, raising LossmapError naming missing/unexpected keys and shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys " + ", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append("unexpected keys " + ", ".join(unexpected[:5]) + (" …" if len(unexpected) > 5 else ""))
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes[:5]) + (" …" if len(shapes) > 5 else ""))
+    if problems:
+        raise LossmapError(f"{source} does not fit the model ({'; '.join(problems)}): use a checkpoint of this architecture")
+    with torch.no_grad():
+        for k, t in own.items():
+            t.copy_(state[k].to(dtype=t.dtype))
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a ``.safetensors`` or ``.pt``/``.pth`` state dict into ``model`` (in place) and return it."""
+    load_state_dict_into(model, _read_state_dict(path), source=f"checkpoint {str(path)!r}")
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Save ``model``'s state dict as safetensors (or torch.save for .pt/.pth)."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix in (".pt", ".pth"):
+        torch.save(state, str(path))
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    return path
