@@ -1,0 +1,219 @@
+"""Summary numbers of a landscape: centre value, extremes and two flatness measures.
+
+All distances are in coefficient units (the landscape's ``x``/``y`` coordinates), so they compare models
+only when their directions are normalized the same way (filter normalization, the default).
+
+The centre
+    the grid point nearest to coefficient 0 (``(0, 0)`` in 2-D) — the trained model of a random slice,
+    model A of an interpolation.
+
+Rise radius (flatness measure 1)
+    Walking from the centre along the grid line through it, in each of the directions +x, −x (+y, −y), the
+    distance at which ``metric`` first exceeds ``centre + rise``, linearly interpolated between the last grid
+    point at or below the threshold and the first above it. NaN when the threshold is never exceeded inside
+    the grid (the landscape is flatter than the grid can show) or when an unevaluated (NaN) point comes first.
+    A ``+inf`` point counts as exceeding the threshold at that grid point. Larger means flatter.
+
+    ``rise`` defaults to ``0.1 · (1 + |centre|)``: about 0.1 absolute for small losses and 10 % relative for
+    large ones (the normalization of Keskar et al.'s sharpness), so it is defined for a centre loss of 0.
+    When comparing models pass one explicit ``rise`` so all use the same threshold.
+
+Ball mean increase (flatness measure 2)
+    The mean of ``metric − centre`` over the grid points within Euclidean distance ``radius`` of the centre
+    (unevaluated NaN points left out, ``+inf`` kept). ``radius`` defaults to half the smallest axis half-width,
+    e.g. 0.5 on a ``[-1, 1]²`` grid. Smaller means flatter. On an evenly spaced grid it approximates the
+    average over the disc (interval in 1-D): for ``a·x² + b·y²`` that is ``(a + b)·r²/4`` (``a·r²/3`` in 1-D).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from .errors import LossmapError
+
+__all__ = ["summarize", "attach", "require_comparable", "table", "PREFIX"]
+
+#: prefix of the attributes :func:`attach` writes
+PREFIX = "summary_"
+
+
+def _metric_array(ds: xr.Dataset, metric: str) -> np.ndarray:
+    if metric not in ds.data_vars:
+        raise LossmapError(
+            f"metric {metric!r} is not in the landscape (it has {sorted(map(str, ds.data_vars))}): choose one of those"
+        )
+    var = ds[metric]
+    dims = ("x", "y") if "y" in var.dims else ("x",)
+    if set(var.dims) != set(dims):
+        raise LossmapError(f"metric {metric!r} has dims {var.dims}, expected {dims}: the landscape is damaged")
+    return np.asarray(var.transpose(*dims).values, dtype=np.float64)
+
+
+def _rise_radius(coords: np.ndarray, values: np.ndarray, start: int, step: int, threshold: float) -> float:
+    """Distance from ``coords[start]`` to where ``values`` first exceeds ``threshold`` walking by ``step``."""
+    prev_d, prev_v = 0.0, values[start]
+    k = start + step
+    while 0 <= k < len(values):
+        d, v = abs(coords[k] - coords[start]), values[k]
+        if math.isnan(v):
+            return math.nan  # unknown whether it rose before this point
+        if v > threshold:
+            if math.isinf(v):
+                return float(d)
+            return float(prev_d + (threshold - prev_v) / (v - prev_v) * (d - prev_d))
+        prev_d, prev_v = d, v
+        k += step
+    return math.nan
+
+
+def summarize(
+    ds: xr.Dataset, metric: str = "loss", rise: float | None = None, radius: float | None = None
+) -> dict[str, Any]:
+    """Summary numbers of ``ds[metric]`` (see the module docstring for the definitions).
+
+    Returns a flat dict: ``metric``, ``centre_x`` (``centre_y``), ``centre``, ``min``, ``max``,
+    ``argmin_x`` (``argmin_y``), ``rise``, ``rise_radius_xpos``, ``rise_radius_xneg`` (``…_ypos``,
+    ``…_yneg``), ``ball_radius``, ``ball_mean_increase``, ``ball_points``. Keys with ``y`` only for 2-D.
+    """
+    z = _metric_array(ds, metric)
+    two_d = z.ndim == 2
+    xs = np.asarray(ds["x"].values, dtype=np.float64)
+    ys = np.asarray(ds["y"].values, dtype=np.float64) if two_d else None
+    i0 = int(np.argmin(np.abs(xs)))
+    j0 = int(np.argmin(np.abs(ys))) if two_d else None
+    centre = float(z[i0, j0] if two_d else z[i0])
+
+    out: dict[str, Any] = {"metric": metric, "centre_x": float(xs[i0])}
+    if two_d:
+        out["centre_y"] = float(ys[j0])
+    out["centre"] = centre
+
+    finite = np.isfinite(z)
+    if finite.any():
+        masked = np.where(finite, z, np.inf)
+        flat = int(np.argmin(masked))
+        out["min"] = float(z.flat[flat])
+        out["max"] = float(np.max(np.where(finite, z, -np.inf)))
+        idx = np.unravel_index(flat, z.shape)
+        out["argmin_x"] = float(xs[idx[0]])
+        if two_d:
+            out["argmin_y"] = float(ys[idx[1]])
+    else:
+        out.update({"min": math.nan, "max": math.nan, "argmin_x": math.nan})
+        if two_d:
+            out["argmin_y"] = math.nan
+
+    if rise is None:
+        rise = 0.1 * (1.0 + abs(centre)) if math.isfinite(centre) else math.nan
+    else:
+        rise = float(rise)
+        if not (math.isfinite(rise) and rise > 0):
+            raise LossmapError(f"rise={rise!r} must be a positive finite number (the loss increase to look for)")
+    out["rise"] = float(rise)
+    threshold = centre + rise
+    line_x = z[:, j0] if two_d else z
+    axes = [("x", xs, line_x, i0)]
+    if two_d:
+        axes.append(("y", ys, z[i0, :], j0))
+    for name, coords, line, start in axes:
+        for sign, step in (("pos", 1), ("neg", -1)):
+            value = math.nan if not math.isfinite(threshold) else _rise_radius(coords, line, start, step, threshold)
+            out[f"rise_radius_{name}{sign}"] = value
+
+    half_widths = [(xs.max() - xs.min()) / 2]
+    if two_d:
+        half_widths.append((ys.max() - ys.min()) / 2)
+    if radius is None:
+        radius = 0.5 * float(min(half_widths))
+    else:
+        radius = float(radius)
+        if not (math.isfinite(radius) and radius >= 0):
+            raise LossmapError(f"radius={radius!r} must be a finite number >= 0 (a distance in coefficient units)")
+    if two_d:
+        xx, yy = np.meshgrid(xs - xs[i0], ys - ys[j0], indexing="ij")
+        dist = np.hypot(xx, yy)
+    else:
+        dist = np.abs(xs - xs[i0])
+    inside = (dist <= radius * (1 + 1e-12)) & ~np.isnan(z)
+    out["ball_radius"] = radius
+    out["ball_points"] = int(inside.sum())
+    if inside.any() and math.isfinite(centre):
+        with np.errstate(invalid="ignore"):
+            out["ball_mean_increase"] = float(np.mean(z[inside] - centre))
+    else:
+        out["ball_mean_increase"] = math.nan
+    return out
+
+
+def attach(ds: xr.Dataset, metric: str = "loss", rise: float | None = None, radius: float | None = None) -> xr.Dataset:
+    """Store :func:`summarize` as flat attributes ``summary_<key>`` on ``ds`` (in place) and return ``ds``.
+
+    Earlier ``summary_*`` attributes are replaced, so a landscape never carries stale numbers.
+    """
+    numbers = summarize(ds, metric=metric, rise=rise, radius=radius)
+    for key in [k for k in ds.attrs if str(k).startswith(PREFIX)]:
+        del ds.attrs[key]
+    for key, value in numbers.items():
+        ds.attrs[PREFIX + key] = value if isinstance(value, (str, int)) else float(value)
+    return ds
+
+
+def require_comparable(datasets: Sequence[xr.Dataset], names: Sequence[str], metric: str = "loss") -> None:
+    """Raise :class:`LossmapError` unless all landscapes have the same grid and carry ``metric``."""
+    if len(datasets) != len(names):
+        raise LossmapError(f"{len(names)} names for {len(datasets)} landscapes: give one per landscape")
+    ref, ref_name = datasets[0], names[0]
+    for ds, name in zip(datasets, names):
+        if metric not in ds.data_vars:
+            raise LossmapError(
+                f"{name} has no metric {metric!r} (it has {sorted(map(str, ds.data_vars))}): choose a metric all files share"
+            )
+    for ds, name in zip(datasets[1:], names[1:]):
+        if ("y" in ds.dims) != ("y" in ref.dims):
+            raise LossmapError(
+                f"{name} is {2 if 'y' in ds.dims else 1}-D but {ref_name} is {2 if 'y' in ref.dims else 1}-D: "
+                "compare landscapes of the same kind"
+            )
+        for axis in ("x", "y") if "y" in ref.dims else ("x",):
+            a, b = np.asarray(ref[axis].values), np.asarray(ds[axis].values)
+            if a.shape != b.shape or not np.allclose(a, b, rtol=1e-9, atol=1e-12):
+                raise LossmapError(
+                    f"{name} has a different {axis} grid ({_describe_axis(b)}) than {ref_name} ({_describe_axis(a)}): "
+                    "compute both on the same grid"
+                )
+        ref_metrics, metrics = set(map(str, ref.data_vars)), set(map(str, ds.data_vars))
+        if ref_metrics != metrics:
+            raise LossmapError(
+                f"{name} has metrics {sorted(metrics)} but {ref_name} has {sorted(ref_metrics)}: "
+                "compare landscapes evaluated with the same metrics"
+            )
+
+
+def _describe_axis(values: np.ndarray) -> str:
+    if values.size == 0:
+        return "empty"
+    return f"{values.min():g}:{values.max():g}:{values.size}"
+
+
+def table(summaries: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    """Plain-text table of several :func:`summarize` results for the terminal: one row per number, one
+    column per landscape (so two models read side by side)."""
+    keys: list[str] = []
+    for s in summaries:
+        keys += [k for k in s if k not in keys]
+    rows = [["", *map(str, names)]] + [[k, *(_fmt(s.get(k, "")) for s in summaries)] for k in keys]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
