@@ -1,0 +1,140 @@
+"""The parameter space of a model: which tensors move, θ0, writing θ0 + Σ cᵢdᵢ, restoring the model."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .errors import LossmapError
+
+__all__ = ["select_tensors", "tensor_hash", "borrow", "Lease", "write_point", "check_finite"]
+
+
+def _patterns(tensor_filter: str | Sequence[str] | None) -> list[str]:
+    if tensor_filter is None:
+        return []
+    if isinstance(tensor_filter, str):
+        return [p.strip() for p in tensor_filter.split(",") if p.strip()]
+    return [str(p) for p in tensor_filter]
+
+
+def select_tensors(
+    model: nn.Module, include_buffers: bool = False, tensor_filter: str | Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """The live tensors that move, by name, in the model's order.
+
+    All parameters by default; ``include_buffers`` adds floating-point buffers (e.g. batch-norm running
+    statistics, the "states" of the original code); ``tensor_filter`` keeps names matching any of the
+    shell-style patterns (``"fc1.*"`` or ``"conv*.weight,fc2.*"``).
+    """
+    chosen: dict[str, torch.Tensor] = {name: p for name, p in model.named_parameters()}
+    if include_buffers:
+        for name, b in model.named_buffers():
+            if b.is_floating_point():
+                chosen[name] = b
+    patterns = _patterns(tensor_filter)
+    if patterns:
+        chosen = {n: t for n, t in chosen.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+        if not chosen:
+            raise LossmapError(
+                f"tensor filter {tensor_filter!r} matches no tensor of the model; names look like "
+                f"{', '.join(list(dict(model.named_parameters()))[:4])}"
+            )
+    if not chosen:
+        raise LossmapError("the model has no parameters to move: pass a model with parameters")
+    return chosen
+
+
+def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, shapes, dtypes and raw bytes, in name order (device independent)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str = "θ0") -> None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise LossmapError(f"{what} has non-finite values in {name!r}: load a checkpoint without NaN/inf weights")
+
+
+def _same_placement(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> bool:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device != device:
+            return False
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            return False
+    return True
+
+
+class Lease:
+    """A model lent for evaluation, with the saved copy of its tensors (θ0 comes from there)."""
+
+    def __init__(self, model: nn.Module, saved: dict[int, torch.Tensor] | None = None) -> None:
+        self.model = model
+        self._saved = saved or {}
+
+    def origin(self, live: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """θ0 for the given live tensors: the backup already taken, or a fresh copy."""
+        return [self._saved[id(t)] if id(t) in self._saved else t.detach().clone() for t in live.values()]
+
+
+@contextmanager
+def borrow(model: nn.Module, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Iterator[Lease]:
+    """Lend a model for evaluation and give it back exactly as it was.
+
+    When the model already lives on ``device`` in ``dtype`` it is used in place: every parameter and
+    buffer is backed up (the backup doubles as θ0, so no second copy is made) and copied back bit for
+    bit on exit, together with each module's train/eval mode and each parameter's ``requires_grad`` —
+    on success, on error and on KeyboardInterrupt. Otherwise a converted copy is used and the user's
+    model is never touched.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LossmapError("device 'cuda' was asked for but CUDA is not available: use --device cpu")
+    if dtype is not None and not dtype.is_floating_point:
+        raise LossmapError(f"dtype {dtype} is not a floating-point type: use torch.float32 or torch.float64")
+    modes = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    if not _same_placement(model, device, dtype):
+        try:
+            yield Lease(copy.deepcopy(model).to(device=device, dtype=dtype))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        return
+    tensors = list(model.parameters()) + list(model.buffers())
+    saved = {id(t): t.detach().clone() for t in tensors}
+    try:
+        yield Lease(model, saved)
+    finally:
+        with torch.no_grad():
+            for t in tensors:
+                t.copy_(saved[id(t)])
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def write_point(
+    live: Sequence[torch.Tensor],
+    origin: Sequence[torch.Tensor],
+    directions: Sequence[Sequence[torch.Tensor]],
+    coeffs: Sequence[float],
+) -> None:
+    """Set ``live = origin + Σ coeffs[i] · directions[i]`` in place (foreach kernels, no allocation)."""
+    torch._foreach_copy_(list(live), list(origin))
+    for c, d in zip(coeffs, directions):
+        if c != 0.0:
+            torch._foreach_add_(list(live), list(d), alpha=float(c))
