@@ -24,5 +24,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(PY) bench/run.py
+
 clean:
 	rm -rf lossmap-demo .pytest_cache

@@ -27,7 +27,7 @@ _TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
-__all__ = ["Batch", "prepare_batches", "split_batch", "Evaluator", "BN_POLICIES", "describe_data"]
+__all__ = ["Batch", "prepare_batches", "split_batch", "Evaluator", "make_evaluator", "BN_POLICIES", "describe_data"]
 
 
 @dataclass
@@ -265,3 +265,20 @@ class Evaluator:
         for i, c in enumerate(coeffs):
             out[i] = self(c)
         return out
+
+
+def make_evaluator(
+    model: nn.Module,
+    live: Sequence[torch.Tensor],
+    origin: Sequence[torch.Tensor],
+    directions: Sequence[Sequence[torch.Tensor]],
+    batches: Sequence[Batch],
+    loss_fn: LossFn | None = None,
+    metrics: Mapping[str, MetricFn] | None = None,
+    bn: str = "frozen",
+    bn_batches: Sequence[Batch] | None = None,
+    forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    engine: str = "auto",
+) -> Evaluator:
+    """The evaluator for these settings (``engine="plain"``: the reference path)."""
+    return Evaluator(model, live, origin, directions, batches, loss_fn, metrics, bn, bn_batches, forward)

@@ -16,7 +16,7 @@ from torch import nn
 from . import __version__, store
 from .directions import Directions, random_directions
 from .errors import LossmapError
-from .evaluate import Evaluator, describe_data, prepare_batches
+from .evaluate import describe_data, make_evaluator, prepare_batches
 from .grid import Grid
 from .space import borrow, check_finite, select_tensors, tensor_hash
 
@@ -72,7 +72,9 @@ def compute(
     data_description: str | None = None,
     progress: bool = False,
     out: str | Path | None = None,
+    overwrite: bool = False,
     chunk: int = 8,
+    engine: str = "auto",
 ) -> xr.Dataset:
     """The landscape of ``model`` on ``data`` over the grid ``x`` (× ``y``).
 
@@ -82,6 +84,8 @@ def compute(
     """
     grid = Grid.from_specs(x, y)
     dtype = _dtype(dtype)
+    if out is not None and Path(out).exists() and not overwrite:
+        raise LossmapError(f"output file {str(out)!r} exists: pass --overwrite (overwrite=True) to replace it")
     live_user = select_tensors(model, include_buffers, tensor_filter)
     check_finite({n: t.detach() for n, t in live_user.items()})
     if directions is None:
@@ -109,7 +113,9 @@ def compute(
         dirs = [[d[n].to(device=ref.device, dtype=live[n].dtype) for n in live] for d in directions.tensors[: grid.ndim]]
         batches = prepare_batches(data, batch_size, samples, ref.device, dtype)
         bn_batches = None if bn_data is None else prepare_batches(bn_data, batch_size, None, ref.device, dtype)
-        evaluator = Evaluator(work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward)
+        evaluator = make_evaluator(
+            work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine
+        )
         names = evaluator.metric_names
         values = np.full((grid.size, len(names)), np.nan)
         coeffs = grid.coefficients()
