@@ -297,6 +297,44 @@ def _set_grid_limits(ax: Any, ds: xr.Dataset) -> None:
     ax.set_aspect("equal" if ratio <= MAX_EQUAL_ASPECT_RATIO else "auto", adjustable="box")
 
 
+def _panel_size(ds: xr.Dataset) -> tuple[float, float]:
+    """Inches for one 2-D panel: follows the data aspect when it is drawn with equal aspect."""
+    xe, ye = _edges(ds["x"].values), _edges(ds["y"].values)
+    xspan, yspan = abs(xe[-1] - xe[0]), abs(ye[-1] - ye[0])
+    ratio = yspan / max(xspan, 1e-300)
+    if not (1 / MAX_EQUAL_ASPECT_RATIO <= ratio <= MAX_EQUAL_ASPECT_RATIO):
+        return 4.4, 3.4
+    width, height = 4.4, 4.4 * ratio
+    if height > 4.4:
+        width, height = 4.4 / ratio, 4.4
+    return width, max(height, 1.6)
+
+
+def _figsize_2d(ds: xr.Dataset, colorbar: bool) -> tuple[float, float]:
+    w, h = _panel_size(ds)
+    return w + 1.2 + (1.3 if colorbar else 0.0), h + 1.3
+
+
+def _colorbar(fig: Any, mappable: Any, ax: Any, label: str, log: bool, levels: np.ndarray | None = None,
+              **kw: Any) -> Any:
+    """Colour bar with readable ticks: for log scales with (non-round) geometric levels, a subset of them."""
+    cbar = fig.colorbar(mappable, ax=ax, label=label, **kw)
+    if log:
+        if levels is None and mappable.norm.vmax / mappable.norm.vmin < 30:  # under ~1.5 decades: 6 geometric
+            levels = np.geomspace(mappable.norm.vmin, mappable.norm.vmax, 6)
+        if levels is not None and len(levels) > 1:
+            step = max(1, int(math.ceil(len(levels) / 8)))
+            cbar.set_ticks(list(levels[::step]))
+        else:  # decades
+            lo, hi = mappable.norm.vmin, mappable.norm.vmax
+            decades = ticker.LogLocator(base=10).tick_values(lo, hi)
+            cbar.set_ticks([t for t in decades if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)])
+        cbar.minorticks_off()
+        cbar.formatter = ticker.FuncFormatter(lambda v, _pos: _fmt(v))
+        cbar.update_ticks()
+    return cbar
+
+
 def _new_axes(ax: Any, figsize: tuple[float, float] = (6.0, 4.8)) -> tuple[Any, Any]:
     if ax is not None:
         return ax.figure, ax
@@ -480,11 +518,11 @@ def plot_contour(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     values = _grid_values(ds, metric, log)
     lo, hi = _value_range([values], metric, log, vmin, vmax)
     lv = _levels(levels, lo, hi, log)
-    fig, ax = _new_axes(ax)
+    fig, ax = _new_axes(ax, figsize=_figsize_2d(ds, filled))
     norm = _norm(min(lo, lv[0]), max(hi, lv[-1]), log)
     cs = _draw_contour(ax, ds, values, lv, norm, filled, _extend([values], lv[0], lv[-1]))
     if filled:
-        fig.colorbar(cs, ax=ax, label=_metric_label(metric, log), shrink=0.9)
+        _colorbar(fig, cs, ax, _metric_label(metric, log), log, lv)
     _finish_2d(ax, ds, f"{_metric_label(metric, log)}: {describe(ds)}")
     return fig, ax
 
@@ -495,10 +533,10 @@ def plot_heatmap(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     _require_2d(ds, "heatmap")
     values = _grid_values(ds, metric, log)
     lo, hi = _value_range([values], metric, log, vmin, vmax)
-    fig, ax = _new_axes(ax)
+    fig, ax = _new_axes(ax, figsize=_figsize_2d(ds, True))
     mesh = ax.pcolormesh(_edges(ds["x"].values), _edges(ds["y"].values), _masked(values).T,
                          norm=_norm(lo, hi, log), cmap=CMAP, shading="flat")
-    fig.colorbar(mesh, ax=ax, label=_metric_label(metric, log), extend=_extend([values], lo, hi), shrink=0.9)
+    _colorbar(fig, mesh, ax, _metric_label(metric, log), log, None, extend=_extend([values], lo, hi))
     _finish_2d(ax, ds, f"{_metric_label(metric, log)}: {describe(ds)}")
     return fig, ax
 
@@ -639,7 +677,8 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
         fig = Figure(figsize=(4.6 * n + 1.0, 4.6), layout="constrained")
         axes = [fig.add_subplot(1, n, i + 1, projection="3d") for i in range(n)]
     else:
-        fig = Figure(figsize=(4.2 * n + 1.2, 4.2), layout="constrained")
+        w, h = _panel_size(datasets[0])
+        fig = Figure(figsize=(n * (w + 1.0) + 1.4, h + 1.6), layout="constrained")
         axes = fig.subplots(1, n, squeeze=False)
         axes = list(axes[0])
     norm_lo, norm_hi = (min(lo, lv[0]), max(hi, lv[-1])) if kind in ("contour", "contourf") else (lo, hi)
@@ -659,7 +698,8 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
         _finish_2d(ax, d, t)
     label = f"log₁₀ {metric}" if (kind == "surface" and log) else _metric_label(metric, log)
     cbar_kw = {} if kind in ("contour", "contourf") else {"extend": extend}
-    fig.colorbar(mappable, ax=axes, label=label, shrink=0.75, **cbar_kw)
+    _colorbar(fig, mappable, axes, label, log and kind != "surface",
+              lv if kind in ("contour", "contourf") else None, **cbar_kw)
     fig.suptitle(f"{_metric_label(metric, log)}: {describe(datasets[0])} (shared colour scale)")
     return fig
 
