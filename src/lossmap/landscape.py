@@ -3,24 +3,64 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
+import logging
+import os
 import platform
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import nn
 
-from . import __version__, store
+from . import __version__, distributed, store
 from .directions import Directions, random_directions
 from .errors import LossmapError
-from .evaluate import describe_data, make_evaluator, prepare_batches
+from .evaluate import Batch, describe_data, make_evaluator, prepare_batches
 from .grid import Grid
 from .space import borrow, check_finite, select_tensors, tensor_hash
 
-__all__ = ["compute", "save", "versions"]
+__all__ = ["compute", "save", "versions", "Interrupted", "Terminated", "SETTINGS_FIELDS"]
+
+log = logging.getLogger("lossmap")
+
+#: what identifies a run for resuming: a file whose settings differ in any of these is not resumed
+SETTINGS_FIELDS = {
+    "theta0_sha256": "the model's parameters θ0 (hash)",
+    "directions_sha256": "the direction tensors (hash)",
+    "directions_kind": "directions kind",
+    "seed": "seed",
+    "normalization": "normalization",
+    "bias_policy": "bias policy",
+    "orthogonalized": "orthogonalization",
+    "include_buffers": "include buffers",
+    "tensor_filter": "tensor filter",
+    "x": "x grid",
+    "y": "y grid",
+    "data": "data",
+    "data_sha256": "the data samples (hash)",
+    "samples": "sample count",
+    "metrics": "metrics",
+    "bn_policy": "batch-norm policy",
+    "bn_data_sha256": "batch-norm data (hash)",
+    "dtype": "dtype",
+}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`compute`; the finished points were saved first. ``str()`` says how many."""
+
+
+class Terminated(Interrupted):
+    """SIGTERM (e.g. torchrun stopping the job because another rank failed) during :func:`compute`."""
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -75,17 +115,48 @@ def compute(
     overwrite: bool = False,
     chunk: int = 8,
     engine: str = "auto",
+    flush_every: int = 256,
+    flush_seconds: float = 10.0,
 ) -> xr.Dataset:
     """The landscape of ``model`` on ``data`` over the grid ``x`` (× ``y``).
 
     θ0 is the model's current parameters. Without ``directions``, one (1-D) or two (2-D) random
     directions are drawn from ``seed`` with the given normalization and bias policy. The model comes
-    back exactly as it was. With ``out``, the landscape is saved there (and its directions beside it).
+    back exactly as it was.
+
+    With ``out``, finished points are written to that file as the run goes (at the latest every
+    ``flush_every`` points or ``flush_seconds`` seconds, and on Ctrl-C or an error), its directions
+    beside it. If ``out`` already holds a landscape made with the same settings (model, directions,
+    grid, data, metrics, BN policy, dtype) the run resumes it and evaluates only the missing points (a
+    complete file is returned as it is); a file made with other settings raises :class:`LossmapError`
+    naming the differing fields, unless ``overwrite`` starts over. Ctrl-C saves the finished points and
+    raises :class:`Interrupted`; while ``compute`` runs in the main thread, SIGTERM does the same
+    (:class:`Terminated`).
+
+    Points are evaluated in chunks of ``chunk`` points of the grid's serpentine order; a chunk always
+    holds the same points, so a resumed run gives the same values bit for bit as an uninterrupted one.
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the chunks are shared among the ranks and rank 0 writes
+    ``out``; see :mod:`lossmap.distributed`.
     """
     grid = Grid.from_specs(x, y)
     dtype = _dtype(dtype)
-    if out is not None and Path(out).exists() and not overwrite:
-        raise LossmapError(f"output file {str(out)!r} exists: pass --overwrite (overwrite=True) to replace it")
+    if int(chunk) < 1:
+        raise LossmapError(f"chunk {chunk!r} must be at least 1 point")
+    if int(flush_every) < 1:
+        raise LossmapError(f"flush every {flush_every!r} points: must be at least 1")
+    if not float(flush_seconds) >= 0:
+        raise LossmapError(f"flush every {flush_seconds!r} seconds: must be 0 or more")
+    chunk = int(chunk)
+    if out is not None:
+        out = Path(out)
+        if not out.parent.is_dir():
+            raise LossmapError(f"output folder {str(out.parent)!r} does not exist: create it or choose another --out")
+        if out.is_dir():
+            raise LossmapError(f"output {str(out)!r} is a folder: give a file name such as {str(out / 'landscape.nc')!r}")
+    ctx = distributed.setup(device)
+    if ctx is not None:
+        device = ctx.device
+    primary = ctx is None or ctx.primary
     live_user = select_tensors(model, include_buffers, tensor_filter)
     check_finite({n: t.detach() for n, t in live_user.items()})
     if directions is None:
@@ -105,7 +176,7 @@ def compute(
     n_params = sum(p.numel() for p in model.parameters())
     n_moved = sum(t.numel() for n, t in live_user.items() if any(bool(d[n].any()) for d in directions.tensors))
 
-    with borrow(model, device, dtype) as lease:
+    with borrow(model, device, dtype) as lease, _sigterm_raises(out is not None):
         work = lease.model
         live = select_tensors(work, include_buffers, tensor_filter)
         origin = lease.origin(live)
@@ -117,67 +188,388 @@ def compute(
             work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine
         )
         names = evaluator.metric_names
+        description = data_description or describe_data(data, batches)
+        settings = _settings(
+            grid, directions, theta0_hash, description, batches, int(evaluator.total), names, bn,
+            bn_batches if bn == "recompute" else None, str(ref.dtype).replace("torch.", ""),
+        )
+        attrs: dict[str, Any] = {
+            "lossmap_format": store.FORMAT,
+            "lossmap_format_version": store.FORMAT_VERSION,
+            "ndim": grid.ndim,
+            "metrics": names,
+            **directions.metadata(),
+            "moved_tensors": [n for n in live_user],
+            "bn_policy": bn,
+            "data": description,
+            "samples": int(evaluator.total),
+            "parameter_count": int(n_params),
+            "moved_parameter_count": int(n_moved),
+            "theta0_sha256": theta0_hash,
+            "versions": versions(),
+            "directions_file": store.directions_path(out).name if out is not None else "",
+            "x_label": directions.labels[0] if directions.labels else "α",
+            "y_label": (directions.labels[1] if len(directions.labels) > 1 else "β") if grid.ndim == 2 else "",
+            "dtype": str(ref.dtype).replace("torch.", ""),
+            "device": str(ref.device),
+            "ranks": 1 if ctx is None else ctx.world,
+            "seconds": 0.0,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "settings": settings,
+        }
+        if grid.ndim == 1 and directions.markers:
+            attrs["markers"] = {k: v[:1] for k, v in directions.markers.items() if len(v) == 1 or v[1] == 0.0}
+        if ctx is not None:
+            _check_ranks_agree(ctx, settings)
+
+        # rank 0 decides: a new run, a resumed one, or a complete file; the others follow
         values = np.full((grid.size, len(names)), np.nan)
+        mask = np.zeros(grid.size, dtype=bool)
+        existing = None
+        problem = None
+        if primary:
+            try:
+                existing = _open_existing(out, overwrite, settings, names)
+            except LossmapError as exc:
+                problem = str(exc)
+        if ctx is not None:
+            problem = _broadcast(ctx, problem)
+        if problem is not None:
+            raise LossmapError(problem)
+        if existing is not None:
+            values, mask = existing[0], existing[1]
+            attrs["created"] = existing[2].get("created", attrs["created"])
+            attrs["seconds"] = float(existing[2].get("seconds", 0.0) or 0.0)
+        if ctx is not None:
+            mask = _broadcast(ctx, mask)
+
+        sink = None
+        if primary and out is not None:
+            sink = _Sink(out, grid, names, values, mask, attrs, directions, flush_every, flush_seconds)
+            done = int(mask.sum())
+            if existing is not None and done == grid.size:
+                _say(progress, f"{out} is complete ({grid.size} points): nothing to compute")
+            elif existing is not None:
+                _say(progress, f"resuming {out}: {done} of {grid.size} points are done, {grid.size - done} to go")
+            sink.start(fresh=existing is None)
+
         coeffs = grid.coefficients()
         order = grid.serpentine()
+        chunks = [order[lo : lo + chunk] for lo in range(0, len(order), chunk)]
+        pending = [k for k, idx in enumerate(chunks) if not mask[idx].all()]
+        world, rank = (1, 0) if ctx is None else (ctx.world, ctx.rank)
         bar = None
-        if progress:
+        if progress and primary and pending:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=grid.size, unit="pt", desc="landscape", leave=False)
+            bar = tqdm(total=grid.size, initial=int(mask.sum()), unit="pt", desc="landscape", leave=False, dynamic_ncols=True)
         start = time.perf_counter()
         try:
-            for lo in range(0, len(order), chunk):
-                idx = order[lo : lo + chunk]
-                values[idx] = evaluator.evaluate_many(coeffs[idx])
-                if bar is not None:
-                    bar.update(len(idx))
+            for ids in distributed.deal(pending, world, rank):
+                mine = ids[rank]
+                mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, len(names)))
+                if ctx is None:
+                    results = [(mine, mine_values)]
+                else:
+                    try:
+                        results = distributed.gather_chunk(ctx, mine, mine_values, chunk, len(names))
+                    except Exception as exc:  # noqa: BLE001 - a peer died or timed out
+                        raise _PeerFailure(distributed.failure(exc)) from exc
+                if not primary:
+                    continue
+                for cid, vals in results:
+                    idx = chunks[cid]
+                    new = ~mask[idx]
+                    values[idx[new]] = vals[new]
+                    mask[idx] = True
+                    if bar is not None:
+                        bar.update(int(new.sum()))
+                if sink is not None:
+                    sink.elapsed = time.perf_counter() - start
+                    if sink.due():
+                        sink.flush()
+                        if bar is not None:
+                            bar.set_postfix_str(f"saved {sink.saved}", refresh=False)
+        except BaseException as exc:
+            saved = None
+            if sink is not None:
+                sink.elapsed = time.perf_counter() - start
+                try:
+                    sink.flush()
+                    saved = sink.saved
+                except BaseException as save_exc:  # noqa: BLE001 - report the first failure; keep the old file
+                    log.warning("could not save the finished points to %s: %s", out, save_exc)
+                    saved = sink.saved
+            if bar is not None:
+                bar.close()
+                bar = None
+            where = "" if out is None else f" in {out}"
+            kept = (
+                "nothing was saved (no output file)" if out is None
+                else (f"{saved} of {grid.size} points saved{where}" if primary else f"rank 0 saves the finished points{where}")
+            )
+            if isinstance(exc, _PeerFailure):
+                raise LossmapError(
+                    f"another rank stopped answering ({exc}); {kept}; fix the failing rank (see its error) and rerun the same command to resume"
+                ) from None
+            if isinstance(exc, KeyboardInterrupt):
+                terminated = isinstance(exc, Terminated)
+                what = "terminated (SIGTERM)" if terminated else "interrupted"
+                hint = "; rerun the same command to resume" if out is not None else ""
+                raise (Terminated if terminated else Interrupted)(f"{what}; {kept}{hint}") from None
+            raise
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - start
 
-    dims = ("x",) if grid.ndim == 1 else ("x", "y")
-    coords = {"x": grid.x} if grid.ndim == 1 else {"x": grid.x, "y": grid.y}
-    data_vars = {name: (dims, values[:, k].reshape(grid.shape)) for k, name in enumerate(names)}
-    attrs: dict[str, Any] = {
-        "lossmap_format": store.FORMAT,
-        "lossmap_format_version": store.FORMAT_VERSION,
-        "ndim": grid.ndim,
-        "metrics": names,
-        **directions.metadata(),
-        "moved_tensors": [n for n in live_user],
-        "bn_policy": bn,
-        "data": data_description or describe_data(data, batches),
-        "samples": int(evaluator.total),
-        "parameter_count": int(n_params),
-        "moved_parameter_count": int(n_moved),
-        "theta0_sha256": theta0_hash,
-        "versions": versions(),
-        "directions_file": "",
-        "x_label": directions.labels[0] if directions.labels else "α",
-        "y_label": (directions.labels[1] if len(directions.labels) > 1 else "β") if grid.ndim == 2 else "",
-        "dtype": str(ref.dtype).replace("torch.", ""),
-        "device": str(ref.device),
-        "seconds": round(elapsed, 3),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if grid.ndim == 1 and directions.markers:
-        attrs["markers"] = {k: v[:1] for k, v in directions.markers.items() if len(v) == 1 or v[1] == 0.0}
-    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    ds["x"].attrs["long_name"] = attrs["x_label"]
-    if grid.ndim == 2:
-        ds["y"].attrs["long_name"] = attrs["y_label"]
-    if out is not None:
-        save(ds, directions, out)
-    return ds
+    if ctx is not None:
+        values, mask = _broadcast(ctx, (values, mask) if primary else None)
+    attrs["seconds"] = round(float(attrs["seconds"]) + elapsed, 3)
+    if sink is not None:
+        sink.elapsed = elapsed
+        if sink.writes_pending:
+            sink.flush()
+        if existing is not None and not pending:
+            return store.load(out)
+    return store.partial_dataset(_dataset(grid, names, values, attrs), mask.reshape(grid.shape))
 
 
 def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Path:
     """Save the landscape as netCDF/HDF5 and, when given, its directions beside it as safetensors."""
     path = Path(path)
     if directions is not None:
-        dpath = store.directions_path(path)
-        directions.save(dpath)
-        ds.attrs["directions_file"] = dpath.name
+        ds.attrs["directions_file"] = _save_directions(directions, path).name
     return store.save(ds, path)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+class _PeerFailure(Exception):
+    """A collective with the other ranks failed."""
+
+
+def _say(progress: bool, message: str) -> None:
+    log.info(message)
+    if progress:
+        print(f"lossmap: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _sigterm_raises(active: bool) -> Iterator[None]:
+    """While active (and in the main thread), SIGTERM raises :class:`Terminated`, so finished points get saved."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not allowed here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _feed(h: "hashlib._Hash", obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        for key in sorted(obj, key=str):
+            h.update(f"K{key}|".encode())
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}|".encode())
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, (int, float, str, bool)) or obj is None:
+        h.update(f"V{obj!r}|".encode())
+    else:
+        h.update(f"O{type(obj).__name__}|".encode())
+
+
+def _batches_hash(batches: Sequence[Batch] | None) -> str:
+    if batches is None:
+        return ""
+    h = hashlib.sha256()
+    for b in batches:
+        _feed(h, b.raw)
+    return h.hexdigest()
+
+
+def _directions_hash(directions: Directions, count: int) -> str:
+    return tensor_hash({f"d{i}.{n}": t for i, d in enumerate(directions.tensors[:count]) for n, t in d.items()})
+
+
+def _settings(
+    grid: Grid, directions: Directions, theta0_hash: str, description: str, batches: Sequence[Batch],
+    samples: int, names: list[str], bn: str, bn_batches: Sequence[Batch] | None, dtype: str,
+) -> dict[str, Any]:
+    meta = directions.metadata()
+    settings = {
+        "theta0_sha256": theta0_hash,
+        "directions_sha256": _directions_hash(directions, grid.ndim),
+        "directions_kind": meta["directions_kind"],
+        "seed": meta["seed"],
+        "normalization": meta["normalization"],
+        "bias_policy": meta["bias_policy"],
+        "orthogonalized": meta["orthogonalized"],
+        "include_buffers": meta["include_buffers"],
+        "tensor_filter": meta["tensor_filter"],
+        "x": [float(v) for v in grid.x],
+        "y": None if grid.y is None else [float(v) for v in grid.y],
+        "data": description,
+        "data_sha256": _batches_hash(batches),
+        "samples": samples,
+        "metrics": list(names),
+        "bn_policy": bn,
+        "bn_data_sha256": _batches_hash(bn_batches),
+        "dtype": dtype,
+    }
+    return json.loads(json.dumps(settings))  # the form it has after a round trip through the file
+
+
+def _show(key: str, value: Any) -> str:
+    if key in ("x", "y") and isinstance(value, list):
+        if not value:
+            return "none"
+        return f"{len(value)} points from {value[0]:g} to {value[-1]:g}" if len(value) > 1 else f"1 point at {value[0]:g}"
+    if value is None:
+        return "none" if key in ("x", "y") else "unknown"
+    if isinstance(value, str) and key.endswith("sha256"):
+        return value[:12] or "none"
+    return repr(value)
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key in SETTINGS_FIELDS:
+        if old.get(key) != new.get(key):
+            out.append(f"{key} (file: {_show(key, old.get(key))}, now: {_show(key, new.get(key))})")
+    return out
+
+
+def _check_ranks_agree(ctx: "distributed.Context", settings: dict[str, Any]) -> None:
+    try:
+        every = distributed.all_gather_objects(ctx, settings)
+    except Exception as exc:  # noqa: BLE001
+        raise LossmapError(f"the ranks could not exchange their settings ({distributed.failure(exc)}): check that every rank started") from exc
+    for rank, other in enumerate(every):
+        diff = _differences(every[0], other)
+        if diff:
+            raise LossmapError(
+                f"rank {rank} would compute another landscape than rank 0: {'; '.join(diff)} "
+                "(rank 0 is 'file', rank {rank} is 'now'): give every rank the same model, checkpoint, data and options"
+                .replace("{rank}", str(rank))
+            )
+
+
+def _broadcast(ctx: "distributed.Context", obj: Any) -> Any:
+    try:
+        return distributed.broadcast(ctx, obj)
+    except Exception as exc:  # noqa: BLE001
+        raise LossmapError(f"rank 0 stopped answering ({distributed.failure(exc)}): see rank 0's error") from exc
+
+
+def _open_existing(
+    out: Path | None, overwrite: bool, settings: dict[str, Any], names: list[str]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """``(values, done mask, attributes)`` of a resumable ``out``; None when the run starts afresh."""
+    if out is None or overwrite or not out.exists():
+        return None
+    try:
+        ds = store.load(out)
+    except LossmapError as exc:
+        raise LossmapError(f"{exc}; pass --overwrite (overwrite=True) to start over") from None
+    old = store.meta(ds).get("settings")
+    if not isinstance(old, dict):
+        raise LossmapError(
+            f"output file {str(out)!r} exists and does not record the settings it was made with, so it cannot be "
+            "resumed: pass --overwrite (overwrite=True) to replace it, or choose another --out"
+        )
+    diff = _differences(old, settings)
+    if diff:
+        raise LossmapError(
+            f"output file {str(out)!r} was made with other settings: {'; '.join(diff)}; rerun with the file's "
+            "settings to resume it, or pass --overwrite (overwrite=True) to start over"
+        )
+    mask = store.done_mask(ds).reshape(-1)
+    values = np.stack([np.asarray(ds[name].values, dtype=np.float64).reshape(-1) for name in names], axis=1)
+    values[~mask] = np.nan
+    return values, mask.copy(), store.meta(ds)
+
+
+def _save_directions(directions: Directions, path: Path) -> Path:
+    """Write the directions beside ``path`` atomically (temporary file + rename)."""
+    dpath = store.directions_path(path)
+    tmp = dpath.with_name(f".{dpath.name}.{os.getpid()}.tmp")
+    try:
+        directions.save(tmp)
+        os.replace(tmp, dpath)
+    except OSError as exc:
+        raise LossmapError(f"cannot write directions file {str(dpath)!r}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dpath
+
+
+def _dataset(grid: Grid, names: list[str], values: np.ndarray, attrs: dict[str, Any]) -> xr.Dataset:
+    dims = ("x",) if grid.ndim == 1 else ("x", "y")
+    coords = {"x": grid.x} if grid.ndim == 1 else {"x": grid.x, "y": grid.y}
+    data_vars = {name: (dims, values[:, k].reshape(grid.shape).copy()) for k, name in enumerate(names)}
+    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
+    ds["x"].attrs["long_name"] = attrs["x_label"]
+    if grid.ndim == 2:
+        ds["y"].attrs["long_name"] = attrs["y_label"]
+    return ds
+
+
+class _Sink:
+    """The output file of a running computation: what is done, and when it was last written."""
+
+    def __init__(
+        self, path: Path, grid: Grid, names: list[str], values: np.ndarray, mask: np.ndarray,
+        attrs: dict[str, Any], directions: Directions, flush_every: int, flush_seconds: float,
+    ) -> None:
+        self.path, self.grid, self.names = path, grid, names
+        self.values, self.mask, self.attrs = values, mask, attrs
+        self.directions = directions
+        self.flush_every, self.flush_seconds = int(flush_every), float(flush_seconds)
+        self.base_seconds = float(attrs.get("seconds", 0.0) or 0.0)
+        self.elapsed = 0.0
+        self.saved = int(mask.sum())
+        self.last = time.monotonic()
+
+    @property
+    def writes_pending(self) -> int:
+        return int(self.mask.sum()) - self.saved
+
+    def start(self, fresh: bool) -> None:
+        store.remove_stale_temporaries(self.path)
+        dpath = store.directions_path(self.path)
+        if fresh or not dpath.exists():
+            _save_directions(self.directions, self.path)
+        if fresh:
+            self.flush()
+
+    def due(self) -> bool:
+        pending = self.writes_pending
+        return pending > 0 and (pending >= self.flush_every or time.monotonic() - self.last >= self.flush_seconds)
+
+    def flush(self) -> None:
+        attrs = dict(self.attrs)
+        attrs["seconds"] = round(self.base_seconds + self.elapsed, 3)
+        done = int(self.mask.sum())
+        ds = store.partial_dataset(_dataset(self.grid, self.names, self.values, attrs), self.mask.reshape(self.grid.shape))
+        store.save(ds, self.path)
+        self.saved, self.last = done, time.monotonic()
+        log.info("saved %d of %d points to %s", done, self.mask.size, self.path)

@@ -8,6 +8,17 @@ Layout of a landscape (an :class:`xarray.Dataset`):
 * attributes (flat: str, int or float). Structured values are JSON strings whose names are listed in
   :data:`JSON_ATTRS`; :func:`meta` decodes them. Required: ``lossmap_format``, ``lossmap_format_version``,
   ``ndim``, ``metrics``.
+
+A run that is still going (or was stopped) is saved as a *partial* landscape: a ``done`` coordinate
+(uint8, same dims as the metrics; 1 = evaluated) marks the finished points, every other point is NaN, and
+the attributes ``points_done``/``points_total`` count them. ``done`` is a coordinate, not a data
+variable, so code that walks ``ds.data_vars`` sees only metrics; a complete landscape has no ``done``.
+The ``settings`` attribute (JSON) holds what identifies the run for resuming (see
+:func:`lossmap.landscape.compute`).
+
+Every write goes to a temporary file in the same folder, is flushed to disk and then renamed over the
+target (:func:`os.replace` is atomic): a process killed at any moment leaves either the previous file or
+the new one, never a half-written HDF5 file.
 """
 
 from __future__ import annotations
@@ -27,7 +38,13 @@ FORMAT_VERSION = 1
 #: attributes stored as JSON strings
 JSON_ATTRS = ("metrics", "moved_tensors", "versions", "markers", "settings")
 
-__all__ = ["save", "load", "meta", "FORMAT", "FORMAT_VERSION", "JSON_ATTRS", "encode_attrs", "directions_path"]
+#: the per-point mask of a partial landscape (a coordinate; 1 = evaluated)
+DONE = "done"
+
+__all__ = [
+    "save", "load", "meta", "validate", "FORMAT", "FORMAT_VERSION", "JSON_ATTRS", "DONE", "encode_attrs",
+    "directions_path", "done_mask", "progress", "is_complete", "partial_dataset", "remove_stale_temporaries",
+]
 
 
 def encode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +92,9 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         out.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=False)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except PermissionError as exc:
         raise LossmapError(f"cannot write {str(path)!r}: permission denied; choose another --out") from exc
     except OSError as exc:
@@ -84,6 +103,86 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Push a file (or a folder's entry list) to disk, so that a rename survives a power cut too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync folders; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete temporary files that a killed writer of ``path`` left behind (those of live processes stay)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2 : -4])
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # that process still runs
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def done_mask(ds: xr.Dataset) -> np.ndarray:
+    """Boolean array (the metrics' shape): which points were evaluated. All True for a complete landscape."""
+    metrics = meta(ds).get("metrics") or list(ds.data_vars)
+    shape = ds[metrics[0]].shape
+    if DONE not in ds.variables:
+        return np.ones(shape, dtype=bool)
+    return np.asarray(ds[DONE].values, dtype=bool).reshape(shape)
+
+
+def progress(ds: xr.Dataset) -> tuple[int, int]:
+    """``(points done, points in the grid)``."""
+    mask = done_mask(ds)
+    return int(mask.sum()), int(mask.size)
+
+
+def is_complete(ds: xr.Dataset) -> bool:
+    done, total = progress(ds)
+    return done == total
+
+
+def partial_dataset(ds: xr.Dataset, mask: np.ndarray) -> xr.Dataset:
+    """``ds`` with the ``done`` coordinate and counts set from ``mask``; unfinished points become NaN.
+
+    A full mask gives a complete landscape (no ``done`` coordinate).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    metrics = meta(ds).get("metrics") or list(ds.data_vars)
+    dims = ds[metrics[0]].dims
+    if mask.shape != ds[metrics[0]].shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the landscape's {ds[metrics[0]].shape}")
+    out = ds.drop_vars(DONE, errors="ignore")
+    for name in metrics:
+        out[name] = out[name].where(mask)
+    if not mask.all():
+        out = out.assign_coords({DONE: (dims, mask.astype(np.uint8))})
+        out[DONE].attrs.update(long_name="point evaluated", flag_values="0 1", flag_meanings="pending done")
+    out.attrs["points_done"] = int(mask.sum())
+    out.attrs["points_total"] = int(mask.size)
+    return out
 
 
 def validate(ds: xr.Dataset, source: str = "dataset") -> None:
@@ -103,10 +202,16 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> None:
     missing = [m for m in metrics if m not in ds.data_vars]
     if not metrics or missing:
         raise LossmapError(f"{source} lacks metric variables {missing or '(none listed)'}: the file is damaged")
+    if DONE in ds.variables and tuple(ds[DONE].dims) != tuple(ds[metrics[0]].dims):
+        raise LossmapError(f"{source}: its '{DONE}' mask has dims {tuple(ds[DONE].dims)}, not the metrics' dims: the file is damaged")
 
 
 def load(path: str | Path) -> xr.Dataset:
-    """Open a landscape file fully into memory and validate it."""
+    """Open a landscape file fully into memory and validate it.
+
+    A partial landscape (a run still going, or stopped) loads too: its unfinished points are NaN and
+    :func:`done_mask` / :func:`progress` tell which points are done.
+    """
     path = Path(path)
     if not path.is_file():
         raise LossmapError(f"landscape file {str(path)!r} does not exist: check the path")
