@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except LossmapError as exc:
         print(f"lossmap: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lossmap: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # compute() says how many points it saved
+        print(f"lossmap: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 
