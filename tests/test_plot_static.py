@@ -454,3 +454,23 @@ def test_plot_all_2d_with_nan_inf_and_log(tmp_path):
     for p in paths:
         data = p.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def test_marker_off_grid_is_still_marked_on_the_nearest_cross_section():
+    ds = bowl(nan_inf=False).interp(y=np.linspace(-0.5, 0.5, 6))  # even count: no y = 0 row
+    ds.attrs = bowl().attrs
+    fig, ax = plot_line(ds, metrics=["loss"])
+    fig.draw_without_rendering()
+    (top,) = ax.child_axes
+    assert [t.get_text() for t in top.get_xticklabels()] == ["θ*"]
+    np.testing.assert_array_equal(top.get_xticks(), [0.0])
+
+
+def test_single_row_grid(tmp_path):
+    ds = bowl(nan_inf=False).isel(y=[3])
+    with pytest.raises(LossmapError, match="at least 2 points"):
+        plot_contour(ds)
+    paths = plot_all(ds, tmp_path / "row", formats=("png",))
+    assert paths == [tmp_path / "row_heatmap.png", tmp_path / "row_line.png"]
+    _, ax = plot_heatmap(ds)
+    np.testing.assert_allclose(_mesh(ax).get_coordinates()[:, 0, 1], [-0.5, 0.5])  # one cell, unit height

@@ -342,9 +342,13 @@ def _new_axes(ax: Any, figsize: tuple[float, float] = (6.0, 4.8)) -> tuple[Any, 
     return fig, fig.add_subplot()
 
 
-def _require_2d(ds: xr.Dataset, what: str) -> None:
+def _require_2d(ds: xr.Dataset, what: str, min_points: int = 1) -> None:
     if not _is_2d(ds):
         raise LossmapError(f"a {what} needs a 2-D landscape (with a 'y' axis) but this one is 1-D: use the line plot")
+    nx, ny = ds.sizes["x"], ds.sizes["y"]
+    if min(nx, ny) < min_points:
+        raise LossmapError(f"a {what} needs at least {min_points} points along x and y but the grid is {nx}×{ny}: "
+                           "use a finer grid or the heatmap")
 
 
 def _fmt(v: float) -> str:
@@ -433,9 +437,9 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
         # only markers lying on a drawn cross-section are shown, at their coordinate along it
         for label, pos in _markers(ds).items():
             mx, my = _marker_xy(pos)
-            if math.isclose(my, ys[iy], abs_tol=1e-9):
+            if abs(my - ys[iy]) <= _half_step(ys, iy):
                 positions[label] = mx
-            elif math.isclose(mx, xs[ix], abs_tol=1e-9):
+            elif abs(mx - xs[ix]) <= _half_step(xs, ix):
                 positions[label] = my
     else:
         ax.set_xlabel(_axis_label(ds, "x"))
@@ -445,6 +449,14 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     ax.set_title(describe(ds))
     _legend(fig, ax if twin is None else twin, handles, own_figure)
     return fig, ax
+
+
+def _half_step(c: np.ndarray, i: int) -> float:
+    """Half the distance from c[i] to its nearest neighbour (a point within it lies in c[i]'s cell)."""
+    if c.size < 2:
+        return 1e-9
+    gaps = [abs(c[j] - c[i]) for j in (i - 1, i + 1) if 0 <= j < c.size]
+    return 0.5 * min(gaps) + 1e-12
 
 
 def _mark_positions(ax: Any, positions: dict[str, float]) -> None:
@@ -514,7 +526,7 @@ def plot_contour(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     ``[vmin, vmax]`` (default: finite minimum to :func:`robust_upper`), or an explicit list.
     Returns ``(fig, ax)``; the :class:`~matplotlib.contour.ContourSet` is in ``ax.collections``.
     """
-    _require_2d(ds, "contour plot")
+    _require_2d(ds, "contour plot", 2)
     values = _grid_values(ds, metric, log)
     lo, hi = _value_range([values], metric, log, vmin, vmax)
     lv = _levels(levels, lo, hi, log)
@@ -581,7 +593,7 @@ def plot_surface(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     flattened by a few exploding rim points; clipped parts form a flat plateau at ``vmax``. With ``log=True``
     the surface shows log10 of the (floored) values. ``ax`` must be a 3-D axes if given.
     """
-    _require_2d(ds, "surface plot")
+    _require_2d(ds, "surface plot", 2)
     values = _grid_values(ds, metric, log)
     lo, hi = _value_range([values], metric, log, vmin, vmax)
     if ax is None:
@@ -647,6 +659,8 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
     kinds = ("contour", "contourf", "heatmap", "surface")
     if two_d and kind not in kinds:
         raise LossmapError(f"unknown comparison kind {kind!r}: choose one of {', '.join(kinds)}")
+    if two_d:
+        _require_2d(datasets[0], f"{kind} comparison", 1 if kind == "heatmap" else 2)
 
     raw = [_raw(d, metric) for d in datasets]
     if log:
@@ -782,6 +796,8 @@ def plot_all(ds: xr.Dataset, out_stem: str | Path, formats: Sequence[str] = ("pn
             ("surface", lambda: plot_surface(ds, metric=metric, log=log)),
             ("line", lambda: plot_line(ds, log=log)),
         ]
+        if min(ds.sizes["x"], ds.sizes["y"]) < 2:  # contours and surfaces need 2 points each way
+            makers = [m for m in makers if m[0] in ("heatmap", "line")]
     else:
         makers = [("line", lambda: plot_line(ds, log=log))]
     for kind, make in makers:
