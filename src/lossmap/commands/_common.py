@@ -1,0 +1,135 @@
+"""Argument helpers shared by the computing sub-commands (``surface``, ``interpolate``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import LossmapError
+
+DTYPES = ("float32", "float64")
+
+MODEL_HELP = (
+    "the network: 'mnist-cnn' (built in), 'package.module:factory' or 'path/to/file.py:factory' "
+    "(a callable returning a torch.nn.Module)"
+)
+DATA_HELP = (
+    "evaluation data: 'digits[:train|test]' (embedded), 'mnist:DIR[:train|test]' (IDX files), 'npz:FILE' "
+    "(arrays x, y) or 'package.module:factory' returning a Dataset, DataLoader or iterable of batches"
+)
+
+
+def allow_negative_values(p: argparse.ArgumentParser) -> None:
+    """Let option values start with a minus sign, as axis specs do (``--x -1:1:51``).
+
+    argparse only accepts plain negative numbers as values; anything starting with '-' followed by a
+    digit or a dot is a value here (no option of ours looks like that).
+    """
+    p._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
+    p.add_argument("--samples", type=int, metavar="N", help="evaluate on the first N samples only (default: all)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default: 256)")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--dtype", choices=DTYPES, help="evaluate in this precision (default: the model's)")
+    p.add_argument("--bn", choices=("frozen", "recompute"), default="frozen",
+                   help="batch-norm statistics: frozen running stats (default) or re-estimated at every point")
+    p.add_argument("--include-buffers", action="store_true",
+                   help="also move floating-point buffers (e.g. batch-norm running statistics)")
+    p.add_argument("--tensors", metavar="PATTERN",
+                   help="move only tensors whose names match these shell patterns, e.g. 'fc1.*' or 'conv*.weight,fc2.*'")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="FILE.nc",
+                   help="landscape file to write (its directions go beside it as FILE.directions.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing landscape file")
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """Fail early (before any computing) when ``out`` cannot be written: folder missing or read-only."""
+    path = Path(out)
+    if str(out).endswith(("/", os.sep)) or path.is_dir():
+        raise LossmapError(f"--out {str(out)!r} is a folder: give a file name such as {str(path / 'landscape.nc')!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise LossmapError(f"output folder {str(folder)!r} does not exist: create it (mkdir -p) or choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LossmapError(f"output folder {str(folder)!r} is not writable: choose another --out")
+    return path
+
+
+def check_device(device: str) -> str:
+    """Validate ``--device`` up front so that a typo or a missing GPU gives one clear line."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise LossmapError(f"device {device!r} is not understood: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LossmapError(f"device {device!r} asked for but no CUDA GPU is available: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LossmapError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise LossmapError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
+    return device
+
+
+def check_positive(value: int | None, option: str) -> None:
+    if value is not None and value < 1:
+        raise LossmapError(f"{option} {value} must be at least 1")
+
+
+def build_model(spec: str, checkpoint: str | None = None, what: str = "--checkpoint"):
+    """The model from ``spec`` with ``checkpoint`` (if any) loaded into it."""
+    from ..models import load_checkpoint, load_model
+
+    model = load_model(spec)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_data(spec: str) -> Any:
+    from ..data import load_data as _load
+
+    return _load(spec)
+
+
+def range_text(values) -> str:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return "no finite value"
+    return f"{finite.min():.4g}–{finite.max():.4g}" + ("" if finite.size == v.size else f" ({v.size - finite.size} non-finite)")
+
+
+def summary_line(ds, path: str | Path, seconds: float) -> str:
+    """``wrote FILE (21×21 points; loss 0.1–9.3, accuracy 10%–98%; 12.3 s)``."""
+    shape = "×".join(str(n) for n in ds["loss"].shape) if "loss" in ds else "×".join(str(n) for n in ds.sizes.values())
+    parts = []
+    for name in ds.data_vars:
+        parts.append(f"{name} {range_text(ds[name].values)}")
+    return f"wrote {path} ({shape} points; {'; '.join(parts)}; {seconds:.1f} s)"
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start

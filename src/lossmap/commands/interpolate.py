@@ -1,0 +1,83 @@
+"""``lossmap interpolate``: the line through two checkpoints, or the plane through three."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import _common as c
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "interpolate",
+        help="loss on the line A → B between two checkpoints, or on the plane through A, B, C",
+        description=(
+            "Two checkpoints: evaluate θ(α) = A + α·(B − A) (Goodfellow et al. 2015); α = 0 is A, α = 1 is B. "
+            "Three (--via C): the plane through A, B and C, with A at (0, 0), B at (1, 0) and C at its exact "
+            "coordinates; one unit is ‖B − A‖ on both axes. The models are marked on the plots."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="SPEC", help=c.MODEL_HELP)
+    p.add_argument("--from", dest="a", required=True, metavar="A", help="checkpoint A (the origin, α = 0)")
+    p.add_argument("--to", dest="b", required=True, metavar="B", help="checkpoint B (α = 1)")
+    p.add_argument("--via", dest="c", metavar="C", help="checkpoint C: compute the plane through A, B and C")
+    c.add_data_args(p)
+    p.add_argument("--x", default="-0.5:1.5:41", metavar="MIN:MAX:N", help="α axis (default: -0.5:1.5:41)")
+    p.add_argument("--y", metavar="MIN:MAX:N",
+                   help="β axis of the plane (with --via; default: covers C with a margin of 0.5, as many points as --x)")
+    c.add_eval_args(p)
+    c.add_output_args(p)
+    c.allow_negative_values(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def default_y(directions, x_spec: str) -> str:
+    """A β axis covering 0 and C's β with a margin of 0.5 (in units of ‖B − A‖), as many points as x."""
+    from ..grid import parse_axis
+
+    s = list(directions.markers.values())[2][1]
+    lo, hi = min(0.0, s) - 0.5, max(0.0, s) + 0.5
+    n = len(parse_axis(x_spec, "x axis"))
+    return f"{lo:.3g}:{hi:.3g}:{n}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..directions import target_directions
+    from ..grid import Grid
+    from ..landscape import compute
+    from ..errors import LossmapError
+
+    out = c.check_output_folder(args.out)
+    if args.y is not None and args.c is None:
+        raise LossmapError("--y needs a third checkpoint (--via C): two checkpoints define a line, not a plane")
+    Grid.from_specs(args.x, args.y)
+    c.check_positive(args.samples, "--samples")
+    c.check_positive(args.batch_size, "--batch-size")
+    device = c.check_device(args.device)
+    a = c.build_model(args.model, args.a)
+    b = c.build_model(args.model, args.b)
+    via = c.build_model(args.model, args.c) if args.c else None
+    data = c.load_data(args.data)
+    directions = target_directions(a, b, via, include_buffers=args.include_buffers, tensor_filter=args.tensors)
+    del b, via
+    y = args.y
+    if args.c and y is None:
+        y = default_y(directions, args.x)
+        print(f"β axis: {y} (covers C at β = {list(directions.markers.values())[2][1]:.3g})", file=sys.stderr)
+    grid = Grid.from_specs(args.x, y)
+    outside = [
+        name for name, pos in directions.markers.items()
+        if not all(lo - 1e-9 <= v <= hi + 1e-9 for v, (lo, hi) in zip(pos, [(grid.x[0], grid.x[-1])] + ([(grid.y[0], grid.y[-1])] if grid.y is not None else [])))
+    ]
+    if outside:
+        print(f"note: model(s) {', '.join(outside)} lie outside the grid; widen --x/--y to see them", file=sys.stderr)
+    with c.Timer() as t:
+        ds = compute(
+            a, data, x=args.x, y=y, directions=directions, bn=args.bn, device=device, dtype=args.dtype,
+            batch_size=args.batch_size, samples=args.samples, data_description=args.data, progress=True,
+            out=out, overwrite=args.overwrite,
+        )
+    print(c.summary_line(ds, out, t.seconds))
+    return 0

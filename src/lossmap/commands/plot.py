@@ -1,0 +1,87 @@
+"""``lossmap plot``: figures of a landscape file (PNG, PDF or SVG)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import _common as c
+
+KINDS = ("line", "contour", "contourf", "heatmap", "surface", "all")
+KINDS_2D = ("contour", "contourf", "heatmap", "surface", "line")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "plot",
+        help="draw a landscape file: line, contour, filled contour, heatmap, 3-D surface or all",
+        description=(
+            "Figures are written as <stem>_<kind>.<format> (default stem: the landscape file without .nc). "
+            "An --out ending in .png/.pdf/.svg with a single --kind names the file exactly. "
+            "Existing figures are replaced."
+        ),
+    )
+    p.add_argument("file", metavar="FILE.nc", help="a landscape file")
+    p.add_argument("--kind", choices=KINDS, default="all",
+                   help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D)")
+    p.add_argument("--metric", default="loss", help="metric for 2-D figures (default: loss)")
+    p.add_argument("--log", action="store_true", help="log scale for the loss")
+    p.add_argument("--vmin", type=float, help="lower end of the colour range / contour levels")
+    p.add_argument("--vmax", type=float, help="upper end of the colour range / contour levels (surface: z clip)")
+    p.add_argument("--levels", type=int, metavar="N", help="number of contour levels (default: 15)")
+    p.add_argument("--format", default="png", metavar="FMT",
+                   help="png, pdf or svg; several separated by commas, e.g. png,pdf (default: png)")
+    p.add_argument("--out", metavar="PATH", help="output stem or file (default: beside FILE.nc)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _figure(static, ds, kind: str, args: argparse.Namespace):
+    if kind == "line":
+        return static.plot_line(ds, log=args.log)[0]
+    if kind in ("contour", "contourf"):
+        return static.plot_contour(ds, metric=args.metric, log=args.log, levels=args.levels,
+                                   vmin=args.vmin, vmax=args.vmax, filled=kind == "contourf")[0]
+    if kind == "heatmap":
+        return static.plot_heatmap(ds, metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax)[0]
+    return static.plot_surface(ds, metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax)[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import store
+    from ..errors import LossmapError
+    from ..plot import static
+
+    formats = [f.strip().lower().lstrip(".") for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in static.FORMATS]
+    if not formats or bad:
+        raise LossmapError(f"--format {args.format!r}: choose png, pdf or svg (several separated by commas)")
+    if args.levels is not None and args.levels < 2:
+        raise LossmapError(f"--levels {args.levels} must be at least 2")
+    if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
+        raise LossmapError(f"--vmin {args.vmin} must be less than --vmax {args.vmax}")
+    ds = store.load(args.file)
+    two_d = "y" in ds.dims
+    if args.metric not in ds.data_vars:
+        raise LossmapError(f"--metric {args.metric!r} is not in {args.file!r}: it has {', '.join(map(str, ds.data_vars))}")
+    if args.kind not in ("line", "all") and not two_d:
+        raise LossmapError(f"--kind {args.kind} needs a 2-D landscape; {args.file!r} is 1-D: use --kind line")
+
+    src = Path(args.file)
+    out = Path(args.out) if args.out else src.with_suffix("")
+    single_file = args.out and args.kind != "all" and out.suffix.lower().lstrip(".") in static.FORMATS
+    if out.suffix.lower().lstrip(".") in static.FORMATS and not single_file:
+        out = out.with_suffix("")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise LossmapError(f"output folder {str(folder)!r} does not exist: create it or choose another --out")
+
+    kinds = (KINDS_2D if two_d else ("line",)) if args.kind == "all" else (args.kind,)
+    written: list[Path] = []
+    for kind in kinds:
+        fig = _figure(static, ds, kind, args)
+        target = out if single_file else out.with_name(f"{out.name}_{kind}")
+        written += static.save_figure(fig, target, formats)
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,62 @@
+"""``lossmap surface``: a 1-D or 2-D slice around a model along random (or saved) directions."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import _common as c
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "surface",
+        help="loss along 1 or 2 filter-normalized random directions around a model",
+        description=(
+            "Evaluate the model at θ0 + α·δ (+ β·η) for every grid point, where θ0 is the model (with --checkpoint "
+            "loaded) and δ, η are Gaussian directions drawn from --seed and normalized (filter normalization by "
+            "default, Li et al. 2018). 1-D without --y. Writes a netCDF/HDF5 landscape and its directions."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="SPEC", help=c.MODEL_HELP)
+    p.add_argument("--checkpoint", metavar="FILE", help="parameters θ0 (.safetensors, or .pt/.pth state dict)")
+    c.add_data_args(p)
+    p.add_argument("--x", default="-1:1:51", metavar="MIN:MAX:N", help="α axis (default: -1:1:51)")
+    p.add_argument("--y", metavar="MIN:MAX:N", help="β axis; gives a 2-D plane (default: a 1-D line)")
+    p.add_argument("--normalization", choices=("filter", "layer", "model", "none"), default="filter",
+                   help="direction scaling relative to θ0 (default: filter)")
+    p.add_argument("--bias", choices=("zero", "filter", "keep"), default="zero",
+                   help="directions of 1-D tensors (biases, norm scales): zero = they do not move (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default: 0)")
+    p.add_argument("--orthogonalize", action="store_true", help="make η orthogonal to δ (2-D)")
+    p.add_argument("--directions", metavar="FILE",
+                   help="reuse saved directions (a .directions.safetensors file) instead of drawing new ones")
+    c.add_eval_args(p)
+    c.add_output_args(p)
+    c.allow_negative_values(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..directions import Directions
+    from ..grid import Grid
+    from ..landscape import compute
+
+    out = c.check_output_folder(args.out)
+    Grid.from_specs(args.x, args.y)  # a malformed axis fails before any loading
+    c.check_positive(args.samples, "--samples")
+    c.check_positive(args.batch_size, "--batch-size")
+    device = c.check_device(args.device)
+    model = c.build_model(args.model, args.checkpoint)
+    data = c.load_data(args.data)
+    directions = Directions.load(args.directions) if args.directions else None
+    with c.Timer() as t:
+        ds = compute(
+            model, data, x=args.x, y=args.y, directions=directions, seed=args.seed,
+            normalization=args.normalization, bias=args.bias, orthogonalize=args.orthogonalize,
+            include_buffers=args.include_buffers, tensor_filter=args.tensors, bn=args.bn,
+            device=device, dtype=args.dtype, batch_size=args.batch_size, samples=args.samples,
+            data_description=args.data, progress=True, out=out, overwrite=args.overwrite,
+        )
+    print(c.summary_line(ds, out, t.seconds))
+    return 0
