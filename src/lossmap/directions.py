@@ -335,7 +335,7 @@ def target_directions(
     for n in r:
         r[n] = r[n] - d0[n] * t
     nr = _norm(r)
-    if nr <= 1e-12 * n0:
+    if nr <= 1e-6 * n0:  # collinear up to float32 rounding
         raise LossmapError(f"models {names[0]}, {names[1]}, {names[2]} lie on one line: no plane passes through them")
     d1 = {n: r[n] * (n0 / nr) for n in r}
     return Directions(
