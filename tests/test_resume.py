@@ -1,0 +1,396 @@
+"""Incremental output, resuming and crash safety of compute(out=...).
+
+The oracle is always an uninterrupted run of the same settings: a resumed run must equal it bit for bit
+(np.array_equal, NaN-free), and a file left by an interruption must hold exactly the finished points.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lossmap
+from lossmap import distributed, store
+from lossmap.directions import target_directions
+from lossmap.errors import LossmapError
+from lossmap.landscape import Interrupted
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
+
+
+def _data(n: int = 48, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+class Tripwire:
+    """A metric (mean output) that counts its calls and raises KeyboardInterrupt at call ``at``."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, out: torch.Tensor, batch) -> torch.Tensor:
+        self.calls += 1
+        if self.at is not None and self.calls == self.at:
+            raise KeyboardInterrupt
+        return out.mean()
+
+
+GRID2 = dict(x="-1:1:7", y="-0.5:0.5:4")  # 28 points, non-square
+
+
+def _run(model=None, data=None, metric=None, **kw):
+    kw = {**GRID2, "chunk": 3, "batch_size": 16, **kw}
+    return lossmap.compute(model or _model(), data or _data(), metrics={"mean_out": metric or Tripwire()}, **kw)
+
+
+def _assert_same(a, b, names=("loss", "accuracy", "mean_out")):
+    for name in names:
+        assert np.array_equal(a[name].values, b[name].values), name
+        assert np.isfinite(a[name].values).all()
+
+
+def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path):
+    ref = _run()
+    out = tmp_path / "run.nc"
+    # 3 batches per point; the metric trips in the middle of point 11 (chunk 4 of 3-point chunks)
+    trip = Tripwire(at=3 * 10 + 2)
+    with pytest.raises(Interrupted, match=r"interrupted; 9 of 28 points saved in .*run.nc; rerun the same command to resume"):
+        _run(metric=trip, out=out)
+    part = store.load(out)
+    mask = store.done_mask(part)
+    assert store.progress(part) == (9, 28) and not store.is_complete(part)
+    assert part.attrs["points_done"] == 9 and part.attrs["points_total"] == 28
+    # the first three chunks of the serpentine order are done, nothing else
+    order = lossmap.grid.Grid.from_specs(GRID2["x"], GRID2["y"]).serpentine()
+    expect = np.zeros(28, bool)
+    expect[order[:9]] = True
+    assert np.array_equal(mask.reshape(-1), expect)
+    for name in ("loss", "accuracy", "mean_out"):
+        assert np.array_equal(part[name].values[mask], ref[name].values[mask])
+        assert np.isnan(part[name].values[~mask]).all()
+    # the directions were written beside it at the start
+    assert store.directions_path(out).exists()
+
+    again = Tripwire()
+    ds = _run(metric=again, out=out)
+    assert again.calls == 3 * (28 - 9)  # only the missing points were evaluated
+    _assert_same(ds, ref)
+    final = store.load(out)
+    _assert_same(final, ref)
+    assert store.is_complete(final) and store.DONE not in final.variables
+    assert list(final.data_vars) == ["loss", "accuracy", "mean_out"]  # the mask never shows up as a metric
+
+
+def test_resume_of_an_interpolation(tmp_path):
+    a, b = _model(0), _model(5)
+    data = _data()
+    dirs = target_directions(a, b)
+    kw = dict(x="-0.5:1.5:11", y=None, directions=dirs, chunk=2, batch_size=16)
+    ref = _run(a, data, **kw)
+    out = tmp_path / "line.nc"
+    with pytest.raises(Interrupted, match=r"; 4 of 11 points saved"):
+        _run(a, data, metric=Tripwire(at=3 * 5 + 1), out=out, **kw)
+    ds = _run(a, data, out=out, **kw)
+    _assert_same(ds, ref)
+    assert store.meta(store.load(out))["markers"] == {"A": [0.0], "B": [1.0]}
+
+
+def test_cleared_done_bits_are_recomputed_and_done_points_are_kept(tmp_path):
+    ref = _run()
+    out = tmp_path / "run.nc"
+    _run(out=out)
+    ds = store.load(out)
+    mask = np.ones((7, 4), bool)
+    mask[0, 1] = mask[3, 2] = mask[6, 2] = False
+    poked = ds.copy(deep=True)
+    poked["loss"][5, 0] = 123.0  # a done point: a resumed run must not touch it
+    store.save(store.partial_dataset(poked, mask), out)
+    assert store.progress(store.load(out)) == (25, 28)
+
+    count = Tripwire()
+    res = _run(metric=count, out=out)
+    # each cleared point lies in its own 3-point chunk, which is evaluated whole
+    assert count.calls == 3 * 3 * 3
+    assert res.loss.values[5, 0] == 123.0
+    expect = ref.loss.values.copy()
+    expect[5, 0] = 123.0
+    assert np.array_equal(res.loss.values, expect)
+    assert np.array_equal(res.accuracy.values, ref.accuracy.values)
+
+
+def test_complete_file_is_returned_without_evaluating(tmp_path, capsys):
+    out = tmp_path / "run.nc"
+    first = _run(out=out)
+    before = out.stat().st_mtime_ns
+    count = Tripwire()
+    again = _run(metric=count, out=out, progress=True)
+    assert count.calls == 0
+    _assert_same(again, first)
+    assert out.stat().st_mtime_ns == before  # not rewritten
+    assert "is complete (28 points): nothing to compute" in capsys.readouterr().err
+
+
+def test_overwrite_starts_over(tmp_path):
+    out = tmp_path / "run.nc"
+    _run(out=out, seed=0)
+    with pytest.raises(LossmapError, match="seed"):
+        _run(out=out, seed=1)
+    ds = _run(out=out, seed=1, overwrite=True)
+    _assert_same(ds, _run(seed=1))
+    assert store.meta(store.load(out))["seed"] == 1
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(seed=3), "seed"),
+        (dict(seed=3), "directions_sha256"),
+        (dict(normalization="layer"), "normalization"),
+        (dict(bias="filter"), "bias_policy"),
+        (dict(x="-1:1:9"), "x (file: 7 points from -1 to 1, now: 9 points from -1 to 1)"),
+        (dict(y="-1:1:4"), "y (file: 4 points from -0.5 to 0.5, now: 4 points from -1 to 1)"),
+        (dict(samples=40), "samples (file: 48, now: 40)"),
+        (dict(dtype="float64"), "dtype (file: 'float32', now: 'float64')"),
+        (dict(data_description="digits:test"), "data ("),
+        (dict(model=_model(7)), "theta0_sha256"),
+        (dict(data=_data(seed=2)), "data_sha256"),
+        (dict(bn="recompute"), "bn_policy"),
+    ],
+)
+def test_other_settings_are_refused_naming_the_field(tmp_path, change, field):
+    out = tmp_path / "run.nc"
+    _run(out=out)
+    before = out.read_bytes()
+    with pytest.raises(LossmapError) as info:
+        _run(out=out, **change)
+    message = str(info.value)
+    assert field in message and "was made with other settings" in message and "--overwrite" in message
+    assert "\n" not in message
+    assert out.read_bytes() == before  # the refused run left the file alone
+
+
+def test_other_metrics_are_refused(tmp_path):
+    out = tmp_path / "run.nc"
+    _run(out=out)
+    with pytest.raises(LossmapError, match=r"metrics \(file: \['loss', 'accuracy', 'mean_out'\], now: \['loss', 'accuracy', 'other'\]\)"):
+        lossmap.compute(_model(), _data(), **GRID2, chunk=3, batch_size=16, metrics={"other": Tripwire()}, out=out)
+
+
+def test_files_that_cannot_be_resumed(tmp_path):
+    foreign = tmp_path / "plain.nc"
+    ds = _run()
+    del ds.attrs["settings"]
+    lossmap.save(ds, None, foreign)
+    with pytest.raises(LossmapError, match="does not record the settings.*--overwrite"):
+        _run(out=foreign)
+    junk = tmp_path / "junk.nc"
+    junk.write_bytes(b"not a landscape")
+    with pytest.raises(LossmapError, match="cannot read landscape file.*--overwrite"):
+        _run(out=junk)
+    _assert_same(_run(out=junk, overwrite=True), ds)
+
+
+@pytest.mark.parametrize("every, expected", [(4, [0, 4, 8, 12, 16, 20, 22]), (1, list(range(0, 23, 2)))])
+def test_flush_every_points(tmp_path, caplog, every, expected):
+    caplog.set_level(logging.INFO, logger="lossmap")
+    _run(out=tmp_path / "run.nc", x="-1:1:22", y=None, chunk=2, flush_every=every, flush_seconds=1e9)
+    saved = [int(r.getMessage().split()[1]) for r in caplog.records if r.getMessage().startswith("saved ")]
+    assert saved == expected
+
+
+def test_flush_seconds_zero_writes_every_chunk(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lossmap")
+    _run(out=tmp_path / "run.nc", x="-1:1:9", y=None, chunk=4, flush_every=10**6, flush_seconds=0)
+    saved = [int(r.getMessage().split()[1]) for r in caplog.records if r.getMessage().startswith("saved ")]
+    assert saved == [0, 4, 8, 9]
+
+
+def test_bad_flush_and_chunk_values():
+    with pytest.raises(LossmapError, match="flush every 0 points"):
+        _run(flush_every=0)
+    with pytest.raises(LossmapError, match="flush every -1 seconds"):
+        _run(flush_seconds=-1)
+    with pytest.raises(LossmapError, match="chunk 0"):
+        _run(chunk=0)
+
+
+def test_an_error_in_the_middle_keeps_finished_points(tmp_path):
+    out = tmp_path / "run.nc"
+
+    def broken(out_, batch, calls=[0]):  # noqa: B006 - a counter
+        calls[0] += 1
+        if calls[0] > 3 * 7:
+            raise LossmapError("metric broke")
+        return out_.mean()
+
+    with pytest.raises(LossmapError, match="metric broke"):
+        lossmap.compute(_model(), _data(), **GRID2, chunk=3, batch_size=16, metrics={"mean_out": broken}, out=out)
+    assert store.progress(store.load(out)) == (6, 28)
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    out = tmp_path / "run.nc"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".run.nc.{dead.pid}.tmp"
+    stale.write_bytes(b"half")
+    live = tmp_path / f".run.nc.{os.getppid()}.tmp"  # a running process's file stays
+    live.write_bytes(b"busy")
+    _run(out=out)
+    assert not stale.exists() and live.exists()
+
+
+def test_deal_is_balanced_and_covers_every_chunk():
+    pending = [0, 2, 3, 5, 8, 9, 10]
+    for world in (1, 2, 3, 7, 9):
+        rounds = distributed.deal(pending, world, 0)
+        taken = [c for r in rounds for c in r if c >= 0]
+        assert sorted(taken) == pending and len(taken) == len(set(taken))
+        per_rank = [sum(r[k] >= 0 for r in rounds) for k in range(world)]
+        assert max(per_rank) - min(per_rank) <= 1
+        assert all(len(r) == world for r in rounds)
+
+
+def test_single_process_ignores_world_size_one(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.setup("cpu") is None and distributed.is_primary()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.is_primary()
+    with pytest.raises(LossmapError, match="MASTER_ADDR.*torchrun"):
+        distributed.setup("cpu")
+
+
+# --------------------------------------------------------------------------- killed processes
+
+SCRIPT = textwrap.dedent(
+    """
+    import logging, sys, torch
+    from torch import nn
+    import lossmap
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+    g = torch.Generator().manual_seed(1)
+    data = (torch.randn(512, 20, generator=g), torch.randint(0, 4, (512,), generator=g))
+    out = sys.argv[1] if sys.argv[1] != "-" else None
+    ds = lossmap.compute(model, data, x="-1:1:13", y="-1:1:11", chunk=3, batch_size=64, out=out,
+                         flush_every=1, flush_seconds=0)
+    if out is None:
+        lossmap.save(ds, None, sys.argv[2])
+    print("finished", flush=True)
+    """
+)
+
+
+def _start(script: Path, *args: str) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line.strip())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
+def _wait_for(lines: list[str], proc: subprocess.Popen, prefix: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not any(line.startswith(prefix) for line in lines):
+        if proc.poll() is not None and not any(line.startswith(prefix) for line in lines):
+            time.sleep(0.2)
+            if any(line.startswith(prefix) for line in lines):
+                return
+            raise AssertionError(f"process ended ({proc.returncode}) before {prefix!r}: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"no {prefix!r} within {timeout}s")
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    ref_path = tmp_path / "ref.nc"
+    proc, lines, reader = _start(script, "-", str(ref_path))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    ref = store.load(ref_path)
+
+    out = tmp_path / "run.nc"
+    # time one full run with output, to spread the kills over it
+    proc, lines, reader = _start(script, str(out))
+    _wait_for(lines, proc, "saved 0 of 143")
+    t0 = time.monotonic()
+    assert proc.wait(timeout=120) == 0
+    full = time.monotonic() - t0
+    _assert_same(store.load(out), ref, ("loss", "accuracy"))
+    out.unlink()
+
+    rng = np.random.default_rng(20261127)
+    previous, partial_seen = 0, 0
+    for attempt in range(6):
+        proc, lines, reader = _start(script, str(out))
+        _wait_for(lines, proc, "saved " if attempt == 0 else "resuming" if previous < 143 else "finished")
+        time.sleep(rng.uniform(0.0, 0.35 * full))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+        reported = max([int(line.split()[1]) for line in lines if line.startswith("saved ")] or [0])
+        ds = store.load(out)  # opens after every kill
+        done, total = store.progress(ds)
+        assert total == 143 and done >= reported and done >= previous
+        mask = store.done_mask(ds)
+        for name in ("loss", "accuracy"):
+            assert np.array_equal(ds[name].values[mask], ref[name].values[mask])
+            assert np.isnan(ds[name].values[~mask]).all()
+        partial_seen += done < total
+        previous = done
+    assert partial_seen >= 2, "the kills all came too late to test anything"
+
+    proc, lines, reader = _start(script, str(out))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    reader.join(timeout=10)
+    final = store.load(out)
+    assert store.is_complete(final)
+    _assert_same(final, ref, ("loss", "accuracy"))
+    assert not list(tmp_path.glob(".run.nc.*.tmp"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_says_so(tmp_path):
+    script = tmp_path / "run.py"
+    text = SCRIPT.replace("flush_every=1, flush_seconds=0", "flush_every=10**6, flush_seconds=1e9")
+    script.write_text(text.replace('x="-1:1:13", y="-1:1:11"', 'x="-1:1:61", y="-1:1:41"'))
+    out = tmp_path / "run.nc"
+    proc, lines, reader = _start(script, str(out))
+    _wait_for(lines, proc, "saved 0 of 2501")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    err = proc.stderr.read()
+    assert "Terminated: terminated (SIGTERM); " in err and "points saved in" in err
+    n = int(err.split("terminated (SIGTERM); ")[1].split()[0])
+    assert 0 < n < 2501
+    assert store.progress(store.load(out)) == (n, 2501)
