@@ -127,6 +127,15 @@ def test_log_scale_draws_log10_and_keeps_hover_values():
     np.testing.assert_allclose(np.array(cont.customdata, dtype=float)[..., 0], ds.loss.values.T)
 
 
+def test_degenerate_2d_grid_gets_curves_only_and_page_decodes_json_text(tmp_path):
+    ds = landscape(np.linspace(-1, 1, 5), np.array([0.0]))
+    ds.attrs["direction_labels"] = json.dumps(["α (δ)", "β (η)"])  # JSON text outside store.JSON_ATTRS
+    figs = landscape_figures(ds)
+    assert list(figs) == ["lines"]
+    text = write_report(ds, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<td>[&quot;α (δ)&quot;, &quot;β (η)&quot;]</td>" in text
+
+
 def test_comparison_refuses_different_grids():
     with pytest.raises(LossmapError, match="different y grid"):
         comparison_figures([landscape(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)),

@@ -114,13 +114,13 @@ def shared_range(arrays: Sequence[np.ndarray], metric: str, log: bool = False) -
 
 
 def _contours(lo: float, hi: float, levels: int) -> dict[str, Any]:
-    """Evenly spaced contour levels at round values (step 1, 2, 2.5 or 5 × 10^k) inside [lo, hi], about
-    ``levels`` of them (plotly contours need an even spacing; with log values they are geometric)."""
+    """Evenly spaced contour levels at round values (step 1, 2, 2.5 or 5 × 10^k, the one nearest to
+    ``(hi − lo)/(levels − 1)``) inside [lo, hi], so about ``levels`` of them (plotly contours need an even spacing; with log values they are geometric)."""
     if levels < 2:
         raise LossmapError(f"levels={levels}: give at least 2 contour levels")
     raw = (hi - lo) / (levels - 1)
     mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw * (1 - 1e-9))
+    step = min((m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0)), key=lambda c: abs(math.log(c / raw)))
     start, end = math.ceil(lo / step - 1e-9) * step, math.floor(hi / step + 1e-9) * step
     if end <= start:
         start, end, step = lo, hi, raw
@@ -368,9 +368,21 @@ def _cell(value: Any) -> str:
 
 
 def _meta_table(ds: xr.Dataset) -> str:
-    m = meta(ds)
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th>{_cell(_plain(v))}</tr>" for k, v in m.items())
-    return f"<table>{rows}</table>"
+    rows = []
+    for key, value in meta(ds).items():
+        value = _plain(value)
+        if isinstance(value, str) and value[:1] in "[{":
+            try:  # structured values some writers store as JSON text
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        text = html.escape(str(value))
+        if len(text) > 160:
+            text = f"<details><summary>{text[:100]}…</summary>{text}</details>"
+        rows.append(f"<tr><th>{html.escape(str(key))}</th><td>{text}</td></tr>")
+    return f"<table class=\"meta\">{''.join(rows)}</table>"
 
 
 def _plain(v: Any) -> Any:
