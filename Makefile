@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lossmap demo --out lossmap-demo
 
 test: $(STAMP)
+	sh tests/ensure_chromium.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
