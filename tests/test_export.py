@@ -8,11 +8,13 @@ import meshio
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lossmap import store
 from lossmap.cli import main
 from lossmap.errors import LossmapError
-from lossmap.export import export_mesh
+from lossmap.export import export_mesh, grid_mesh
 
 NX, NY = 7, 4  # non-square on purpose: swapped axes would show
 
@@ -148,3 +150,21 @@ def test_cli_export_writes_mesh_and_refuses_bad_input(tmp_path, capsys):
     assert main(["export", str(nc), "--format", "obj", "--zmax", "1", "--out", str(out.with_suffix(".obj"))]) == 0
     assert read(out.with_suffix(".obj")).points[:, 2].max() == 1.0
     assert main(["export", str(nc), "--format", "ply", "--out", str(out), "--overwrite"]) == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(nx=st.integers(2, 12), ny=st.integers(2, 12))
+def test_grid_mesh_tiles_any_grid_once(nx, ny):
+    x, y = np.cumsum(np.arange(1, nx + 1)) * 0.1, np.linspace(-2, 3, ny)  # uneven x spacing
+    z = np.arange(nx * ny, dtype=float).reshape(nx, ny)
+    points, tri = grid_mesh(x, y, z)
+    assert points.shape == (nx * ny, 3) and tri.shape == (2 * (nx - 1) * (ny - 1), 3)
+    np.testing.assert_array_equal(points[:, 2], z.ravel())
+    p = points[tri]
+    cross = (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0])
+    assert np.all(cross > 0)  # all face up
+    assert cross.sum() / 2 == pytest.approx((x[-1] - x[0]) * (y[-1] - y[0]))  # no gaps, no overlaps
+    # every interior edge is shared by exactly two triangles, boundary edges by one
+    edges = np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    assert set(counts.tolist()) <= {1, 2} and (counts == 1).sum() == 2 * (nx - 1) + 2 * (ny - 1)

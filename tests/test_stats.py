@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lossmap import stats, store
 from lossmap.errors import LossmapError
@@ -154,3 +156,18 @@ def test_table_lists_every_number_per_landscape():
     assert lines[0].split() == ["sgd", "adam"]
     row = next(line for line in lines if line.startswith("max "))
     assert row.split()[1:] == ["2.5", "1.5"]
+
+
+_GRID = np.linspace(-1, 1, 201)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=st.floats(0.5, 5.0), b=st.floats(0.5, 5.0), c=st.floats(0.0, 3.0), rise=st.floats(0.05, 0.4),
+       radius=st.floats(0.2, 0.9))
+def test_closed_forms_hold_for_any_bowl(a, b, c, rise, radius):
+    s = stats.summarize(bowl(a, b, c, x=_GRID, y=_GRID), rise=rise, radius=radius)
+    assert s["centre"] == pytest.approx(c)
+    for key, curv in (("rise_radius_xpos", a), ("rise_radius_xneg", a), ("rise_radius_ypos", b), ("rise_radius_yneg", b)):
+        # the threshold is reached inside the grid when rise/curvature < 1; interpolation error ≤ h²/(8r)
+        assert s[key] == pytest.approx(math.sqrt(rise / curv), abs=2e-4)
+    assert s["ball_mean_increase"] == pytest.approx((a + b) * radius**2 / 4, rel=0.03)

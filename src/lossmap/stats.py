@@ -1,6 +1,7 @@
 """Summary numbers of a landscape: centre value, extremes and two flatness measures.
 
-All distances are in coefficient units (the landscape's ``x``/``y`` coordinates), so they compare models
+The flatness measures assume a metric where lower is better (a loss); for accuracy-like metrics read
+them on ``1 − accuracy`` or an error rate. All distances are in coefficient units (the landscape's ``x``/``y`` coordinates), so they compare models
 only when their directions are normalized the same way (filter normalization, the default).
 
 The centre
@@ -21,7 +22,8 @@ Rise radius (flatness measure 1)
 Ball mean increase (flatness measure 2)
     The mean of ``metric − centre`` over the grid points within Euclidean distance ``radius`` of the centre
     (unevaluated NaN points left out, ``+inf`` kept). ``radius`` defaults to half the smallest axis half-width,
-    e.g. 0.5 on a ``[-1, 1]²`` grid. Smaller means flatter. On an evenly spaced grid it approximates the
+    e.g. 0.5 on a ``[-1, 1]²`` grid; where the centre lies off the middle the grid's edges cut the ball.
+    Smaller means flatter. On an evenly spaced grid it approximates the
     average over the disc (interval in 1-D): for ``a·x² + b·y²`` that is ``(a + b)·r²/4`` (``a·r²/3`` in 1-D).
 """
 
