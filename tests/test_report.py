@@ -176,7 +176,8 @@ def test_report_of_mixed_landscapes_explains_why_there_is_no_comparison(tmp_path
     one = landscape(np.linspace(-0.5, 1.5, 21), markers={"A": [0], "B": [1]})
     two = landscape(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5))
     text = write_report([one, two], tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "No side-by-side comparison" in text and "1-D" in text
+    assert "Not drawn side by side" in text and "1-D" in text and "<h2>Comparison</h2>" not in text
+    assert '<a href="#landscape-2">landscape 2</a>' in text
     assert "landscape 1" in text and "landscape 2" in text
     calls = plotly_calls(text)
     line = next(d for d in calls.values() if d[0]["name"] == "loss")

@@ -443,17 +443,22 @@ def report_html(
         summaries.append(stats.summarize(d, metric=m, rise=rise))
     doc.text(f"<h1>Loss landscape{'s' if len(datasets) > 1 else ''}: {html.escape(', '.join(titles))}</h1>")
     if len(datasets) > 1:
-        doc.text("<h2>Comparison</h2>")
+        links = "".join(f'<li><a href="#landscape-{k + 1}">{html.escape(t)}</a></li>' for k, t in enumerate(titles))
+        doc.text(f"<ul>{links}</ul>")
         try:
             figs = comparison_figures(datasets, titles, metric=metric, log=log, levels=levels)
         except LossmapError as exc:
-            doc.text(f'<p class="note">No side-by-side comparison: {html.escape(str(exc))}</p>')
+            doc.text("<h2>Summary numbers</h2>" + _summary_table(summaries, titles))
+            doc.text(f'<p class="note">{_SUMMARY_NOTE}</p><p class="note">Not drawn side by side '
+                     f"(that needs landscapes on one grid with the same metrics): {html.escape(str(exc))}</p>")
         else:
+            doc.text("<h2>Comparison</h2>")
             doc.text('<p class="note">All panels share one colour scale and the same contour levels.</p>')
             for key in ("contour", "surface", "lines"):
                 if key in figs:
                     doc.text(doc.figure(figs[key]))
-        doc.text("<h3>Summary numbers</h3>" + _summary_table(summaries, titles) + f'<p class="note">{_SUMMARY_NOTE}</p>')
+            doc.text("<h3>Summary numbers</h3>" + _summary_table(summaries, titles))
+            doc.text(f'<p class="note">{_SUMMARY_NOTE}</p>')
     for k, (d, t, s) in enumerate(zip(datasets, titles, summaries)):
         doc.text(f'<h2 id="landscape-{k + 1}">{html.escape(t)}</h2>')
         figs = landscape_figures(d, metric=metric, log=log, title=t, levels=levels)
