@@ -141,9 +141,17 @@ def deal(pending: Sequence[int], world: int, rank: int) -> list[list[int]]:
     return rounds
 
 
-def failure(exc: BaseException) -> str:
-    """A short reason for a failed collective."""
-    return f"{type(exc).__name__}: {_first_line(exc)}"
+def failure(exc: BaseException, limit: int = 160) -> str:
+    """A short reason for a failed collective (Gloo's messages run long)."""
+    text = _first_line(exc)
+    for sep in (". ", "; "):  # the first sentence carries the cause ("Connection reset by peer")
+        head = text.split(sep)[0]
+        if len(head) > 20:
+            text = head
+            break
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}"
 
 
 def broadcast(ctx: Context, obj: Any) -> Any:

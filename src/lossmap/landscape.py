@@ -268,22 +268,18 @@ def compute(
             for ids in distributed.deal(pending, world, rank):
                 mine = ids[rank]
                 mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, len(names)))
-                if ctx is None:
-                    results = [(mine, mine_values)]
-                else:
+                results = [(mine, mine_values)] if primary and mine >= 0 else []
+                if ctx is not None:
                     try:
-                        results = distributed.gather_chunk(ctx, mine, mine_values, chunk, len(names))
+                        gathered = distributed.gather_chunk(ctx, mine, mine_values, chunk, len(names))
                     except Exception as exc:  # noqa: BLE001 - a peer died or timed out
+                        if primary:  # rank 0's own chunk is finished: keep it
+                            _merge(results, chunks, values, mask, bar)
                         raise _PeerFailure(distributed.failure(exc)) from exc
+                    results += [(cid, vals) for cid, vals in gathered if cid != mine]
                 if not primary:
                     continue
-                for cid, vals in results:
-                    idx = chunks[cid]
-                    new = ~mask[idx]
-                    values[idx[new]] = vals[new]
-                    mask[idx] = True
-                    if bar is not None:
-                        bar.update(int(new.sum()))
+                _merge(results, chunks, values, mask, bar)
                 if sink is not None:
                     sink.elapsed = time.perf_counter() - start
                     if sink.due():
@@ -344,6 +340,18 @@ def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Pat
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _merge(results: list[tuple[int, np.ndarray]], chunks: list[np.ndarray], values: np.ndarray, mask: np.ndarray, bar: Any) -> None:
+    """Store finished chunks; points already done (e.g. read from the file) keep their values."""
+    for cid, vals in results:
+        idx = chunks[cid]
+        new = ~mask[idx]
+        values[idx[new]] = vals[new]
+        mask[idx] = True
+        if bar is not None:
+            bar.update(int(new.sum()))
+    results.clear()
 
 
 class _PeerFailure(Exception):
