@@ -52,7 +52,13 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE.nc",
                    help="landscape file to write (its directions go beside it as FILE.directions.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing landscape file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over, replacing an existing landscape file (without it, rerunning the same command "
+                        "resumes an unfinished file; a file made with other settings is refused)")
+    p.add_argument("--flush-every", type=int, default=256, metavar="N",
+                   help="write finished points to --out at least every N points (default: 256)")
+    p.add_argument("--flush-seconds", type=float, default=10.0, metavar="T",
+                   help="... and at least every T seconds (default: 10)")
 
 
 def check_output_folder(out: str | Path) -> Path:

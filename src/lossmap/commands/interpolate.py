@@ -46,6 +46,7 @@ def default_y(directions, x_spec: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..directions import target_directions
     from ..grid import Grid
+    from ..distributed import is_primary
     from ..landscape import compute
     from ..errors import LossmapError
 
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             a, data, x=args.x, y=y, directions=directions, bn=args.bn, device=device, dtype=args.dtype,
             batch_size=args.batch_size, samples=args.samples, data_description=args.data, progress=True,
             out=out, overwrite=args.overwrite,
+            flush_every=args.flush_every, flush_seconds=args.flush_seconds,
         )
-    print(c.summary_line(ds, out, t.seconds))
+    if is_primary():  # under torchrun, rank 0 speaks for all
+        print(c.summary_line(ds, out, t.seconds))
     return 0

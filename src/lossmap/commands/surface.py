@@ -40,6 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..directions import Directions
     from ..grid import Grid
+    from ..distributed import is_primary
     from ..landscape import compute
 
     out = c.check_output_folder(args.out)
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             include_buffers=args.include_buffers, tensor_filter=args.tensors, bn=args.bn,
             device=device, dtype=args.dtype, batch_size=args.batch_size, samples=args.samples,
             data_description=args.data, progress=True, out=out, overwrite=args.overwrite,
+            flush_every=args.flush_every, flush_seconds=args.flush_seconds,
         )
-    print(c.summary_line(ds, out, t.seconds))
+    if is_primary():  # under torchrun, rank 0 speaks for all
+        print(c.summary_line(ds, out, t.seconds))
     return 0
