@@ -148,3 +148,45 @@ def test_ranks_with_different_models_are_refused(work):
     assert done.returncode != 0
     assert "rank1 FAILED: rank 1 would compute another landscape than rank 0: theta0_sha256" in done.stderr
     assert not out.exists()
+
+
+NETS = textwrap.dedent(
+    """
+    from torch import nn
+
+    def tiny():
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    """
+)
+
+
+def test_torchrun_command_line_resumes_a_single_process_file(tmp_path):
+    import torch
+
+    from lossmap.models import load_model, save_checkpoint
+
+    (tmp_path / "nets.py").write_text(NETS)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(40, 16)).astype(np.float32), y=rng.integers(0, 3, 40))
+    spec = f"{tmp_path / 'nets.py'}:tiny"
+    torch.manual_seed(0)
+    save_checkpoint(load_model(spec), tmp_path / "theta.safetensors")
+    args = ["surface", "--model", spec, "--checkpoint", str(tmp_path / "theta.safetensors"),
+            "--data", f"npz:{tmp_path / 'data.npz'}", "--x", "-1:1:7", "--y", "-1:0.5:5", "--flush-every", "1"]
+    one = subprocess.run([sys.executable, "-m", "lossmap", *args, "--out", str(tmp_path / "one.nc")],
+                         capture_output=True, text=True, timeout=120, env=_env())
+    assert one.returncode == 0, one.stderr
+    ref = store.load(tmp_path / "one.nc")
+    mask = np.random.default_rng(1).random((7, 5)) < 0.5
+    store.save(store.partial_dataset(ref, mask), tmp_path / "two.nc")
+    (tmp_path / "two.directions.safetensors").write_bytes((tmp_path / "one.directions.safetensors").read_bytes())
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "lossmap", *args,
+         "--out", str(tmp_path / "two.nc")], capture_output=True, text=True, timeout=240, env=_env())
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone reports
+    assert f"{int(mask.sum())} of 35 points are done" in two.stderr
+    got = store.load(tmp_path / "two.nc")
+    assert store.is_complete(got) and got.attrs["ranks"] == 2
+    for name in ("loss", "accuracy"):
+        assert np.array_equal(got[name].values, ref[name].values)

@@ -394,3 +394,87 @@ def test_sigterm_saves_and_says_so(tmp_path):
     n = int(err.split("terminated (SIGTERM); ")[1].split()[0])
     assert 0 < n < 2501
     assert store.progress(store.load(out)) == (n, 2501)
+
+
+# --------------------------------------------------------------------------- the command line
+
+NETS = textwrap.dedent(
+    """
+    from torch import nn
+
+    def tiny():
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    """
+)
+
+
+@pytest.fixture()
+def cli_env(tmp_path):
+    (tmp_path / "nets.py").write_text(NETS)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(40, 16)).astype(np.float32), y=rng.integers(0, 3, 40))
+    from lossmap.models import load_model, save_checkpoint
+
+    spec = f"{tmp_path / 'nets.py'}:tiny"
+    torch.manual_seed(0)
+    save_checkpoint(load_model(spec), tmp_path / "theta.safetensors")  # without it each run's θ0 is a new random net
+    base = ["surface", "--model", spec, "--checkpoint", tmp_path / "theta.safetensors", "--data", f"npz:{tmp_path / 'data.npz'}",
+            "--x", "-1:1:5", "--y", "-1:1:3", "--out", tmp_path / "o.nc"]
+    return tmp_path, base
+
+
+def _cli(argv, capsys):
+    from lossmap.cli import main
+
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_cli_rerun_reports_complete_and_refuses_other_settings(cli_env, capsys):
+    root, base = cli_env
+    rc, out, err = _cli(base, capsys)
+    assert rc == 0, err
+    first = store.load(root / "o.nc")
+    rc, out, err = _cli(base, capsys)
+    assert rc == 0 and "o.nc is complete (15 points): nothing to compute" in err
+    for extra, field in ((["--seed", "4"], "seed (file: 0, now: 4)"), (["--normalization", "layer"], "normalization"),
+                         (["--samples", "20"], "samples (file: 40, now: 20)")):
+        rc, out, err = _cli(base + extra, capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("lossmap: error: ") and field in lines[0], err
+    rc, out, err = _cli(base + ["--flush-every", "0"], capsys)
+    assert rc == 2 and "flush every 0 points" in err
+    _assert_same(store.load(root / "o.nc"), first, ("loss", "accuracy"))
+
+
+def test_cli_ctrl_c_says_how_many_points_were_saved_and_rerun_resumes(cli_env, capsys, monkeypatch):
+    import lossmap.landscape as landscape
+
+    root, base = cli_env
+    rc, _, err = _cli(base[:-1] + [str(root / "ref.nc")], capsys)
+    assert rc == 0, err
+    real = landscape.make_evaluator
+
+    def tripping(*args, **kwargs):
+        ev = real(*args, **kwargs)
+        inner, calls = ev.evaluate_many, [0]
+
+        def evaluate_many(coeffs):
+            calls[0] += 1
+            if calls[0] == 2:
+                raise KeyboardInterrupt
+            return inner(coeffs)
+
+        ev.evaluate_many = evaluate_many
+        return ev
+
+    monkeypatch.setattr(landscape, "make_evaluator", tripping)
+    rc, out, err = _cli(base + ["--flush-every", "100"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 130
+    assert lines[-1].endswith(f"lossmap: interrupted; 8 of 15 points saved in {root / 'o.nc'}; rerun the same command to resume")
+    monkeypatch.setattr(landscape, "make_evaluator", real)
+    rc, out, err = _cli(base, capsys)
+    assert rc == 0 and "resuming" in err and "8 of 15 points are done, 7 to go" in err
+    _assert_same(store.load(root / "o.nc"), store.load(root / "ref.nc"), ("loss", "accuracy"))
