@@ -171,3 +171,11 @@ def test_closed_forms_hold_for_any_bowl(a, b, c, rise, radius):
         # the threshold is reached inside the grid when rise/curvature < 1; interpolation error ≤ h²/(8r)
         assert s[key] == pytest.approx(math.sqrt(rise / curv), abs=2e-4)
     assert s["ball_mean_increase"] == pytest.approx((a + b) * radius**2 / 4, rel=0.03)
+
+
+def test_table_orders_mixed_1d_and_2d_keys_canonically():
+    one = stats.summarize(bowl(1.0, x=np.linspace(-1, 1, 11), y=None))
+    two = stats.summarize(bowl(1.0, 1.0, x=np.linspace(-1, 1, 11), y=np.linspace(-1, 1, 11)))
+    assert list(two) == [k for k in stats.KEYS]  # summarize itself follows KEYS
+    rows = [line.split()[0] for line in stats.table([one, two], ["line", "plane"]).splitlines()[1:]]
+    assert rows == list(stats.KEYS)

@@ -37,10 +37,16 @@ import xarray as xr
 
 from .errors import LossmapError
 
-__all__ = ["summarize", "attach", "require_comparable", "table", "PREFIX"]
+__all__ = ["summarize", "attach", "require_comparable", "table", "ordered_keys", "PREFIX", "KEYS"]
 
 #: prefix of the attributes :func:`attach` writes
 PREFIX = "summary_"
+#: every key :func:`summarize` can return, in the order tables show them (``y`` keys only for 2-D)
+KEYS = (
+    "metric", "centre_x", "centre_y", "centre", "min", "max", "argmin_x", "argmin_y", "rise",
+    "rise_radius_xpos", "rise_radius_xneg", "rise_radius_ypos", "rise_radius_yneg",
+    "ball_radius", "ball_points", "ball_mean_increase",
+)
 
 
 def _metric_array(ds: xr.Dataset, metric: str) -> np.ndarray:
@@ -204,15 +210,21 @@ def _describe_axis(values: np.ndarray) -> str:
 def table(summaries: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     """Plain-text table of several :func:`summarize` results for the terminal: one row per number, one
     column per landscape (so two models read side by side)."""
-    keys: list[str] = []
-    for s in summaries:
-        keys += [k for k in s if k not in keys]
+    keys = ordered_keys(summaries)
     rows = [["", *map(str, names)]] + [[k, *(_fmt(s.get(k, "")) for s in summaries)] for k in keys]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths))).rstrip()
         for r in rows
     )
+
+
+def ordered_keys(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """The keys present in any of ``summaries``, in :data:`KEYS` order (unknown keys last)."""
+    present: list[str] = []
+    for s in summaries:
+        present += [k for k in s if k not in present]
+    return [k for k in KEYS if k in present] + [k for k in present if k not in KEYS]
 
 
 def _fmt(value: Any) -> str:

@@ -394,9 +394,7 @@ def _plain(v: Any) -> Any:
 
 
 def _summary_table(summaries: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
-    keys: list[str] = []
-    for s in summaries:
-        keys += [k for k in s if k not in keys]
+    keys = stats.ordered_keys(summaries)
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
     body = "".join(
         f"<tr><th>{html.escape(k)}</th>" + "".join(_cell(s.get(k, "")) for s in summaries) + "</tr>" for k in keys
