@@ -478,3 +478,13 @@ def test_cli_ctrl_c_says_how_many_points_were_saved_and_rerun_resumes(cli_env, c
     rc, out, err = _cli(base, capsys)
     assert rc == 0 and "resuming" in err and "8 of 15 points are done, 7 to go" in err
     _assert_same(store.load(root / "o.nc"), store.load(root / "ref.nc"), ("loss", "accuracy"))
+
+
+def test_a_second_writer_is_refused_and_no_lock_file_stays(tmp_path):
+    out = tmp_path / "run.nc"
+    with store.writer_lock(out):  # as another run would hold it
+        with pytest.raises(LossmapError, match="another lossmap run is writing .*run.nc.* right now"):
+            _run(out=out)
+    assert not out.exists()
+    _run(out=out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.directions.safetensors", "run.nc"]

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -176,159 +176,165 @@ def compute(
     n_params = sum(p.numel() for p in model.parameters())
     n_moved = sum(t.numel() for n, t in live_user.items() if any(bool(d[n].any()) for d in directions.tensors))
 
-    with borrow(model, device, dtype) as lease, _sigterm_raises(out is not None):
-        work = lease.model
-        live = select_tensors(work, include_buffers, tensor_filter)
-        origin = lease.origin(live)
-        ref = origin[0]
-        dirs = [[d[n].to(device=ref.device, dtype=live[n].dtype) for n in live] for d in directions.tensors[: grid.ndim]]
-        batches = prepare_batches(data, batch_size, samples, ref.device, dtype)
-        bn_batches = None if bn_data is None else prepare_batches(bn_data, batch_size, None, ref.device, dtype)
-        evaluator = make_evaluator(
-            work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine
-        )
-        names = evaluator.metric_names
-        description = data_description or describe_data(data, batches)
-        settings = _settings(
-            grid, directions, theta0_hash, description, batches, int(evaluator.total), names, bn,
-            bn_batches if bn == "recompute" else None, str(ref.dtype).replace("torch.", ""),
-        )
-        attrs: dict[str, Any] = {
-            "lossmap_format": store.FORMAT,
-            "lossmap_format_version": store.FORMAT_VERSION,
-            "ndim": grid.ndim,
-            "metrics": names,
-            **directions.metadata(),
-            "moved_tensors": [n for n in live_user],
-            "bn_policy": bn,
-            "data": description,
-            "samples": int(evaluator.total),
-            "parameter_count": int(n_params),
-            "moved_parameter_count": int(n_moved),
-            "theta0_sha256": theta0_hash,
-            "versions": versions(),
-            "directions_file": store.directions_path(out).name if out is not None else "",
-            "x_label": directions.labels[0] if directions.labels else "α",
-            "y_label": (directions.labels[1] if len(directions.labels) > 1 else "β") if grid.ndim == 2 else "",
-            "dtype": str(ref.dtype).replace("torch.", ""),
-            "device": str(ref.device),
-            "ranks": 1 if ctx is None else ctx.world,
-            "seconds": 0.0,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "settings": settings,
-        }
-        if grid.ndim == 1 and directions.markers:
-            attrs["markers"] = {k: v[:1] for k, v in directions.markers.items() if len(v) == 1 or v[1] == 0.0}
-        if ctx is not None:
-            _check_ranks_agree(ctx, settings)
+    guard = ExitStack()  # the output file's lock, held until the last write
+    try:
+        with borrow(model, device, dtype) as lease, _sigterm_raises(out is not None):
+            work = lease.model
+            live = select_tensors(work, include_buffers, tensor_filter)
+            origin = lease.origin(live)
+            ref = origin[0]
+            dirs = [[d[n].to(device=ref.device, dtype=live[n].dtype) for n in live] for d in directions.tensors[: grid.ndim]]
+            batches = prepare_batches(data, batch_size, samples, ref.device, dtype)
+            bn_batches = None if bn_data is None else prepare_batches(bn_data, batch_size, None, ref.device, dtype)
+            evaluator = make_evaluator(
+                work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine
+            )
+            names = evaluator.metric_names
+            description = data_description or describe_data(data, batches)
+            settings = _settings(
+                grid, directions, theta0_hash, description, batches, int(evaluator.total), names, bn,
+                bn_batches if bn == "recompute" else None, str(ref.dtype).replace("torch.", ""),
+            )
+            attrs: dict[str, Any] = {
+                "lossmap_format": store.FORMAT,
+                "lossmap_format_version": store.FORMAT_VERSION,
+                "ndim": grid.ndim,
+                "metrics": names,
+                **directions.metadata(),
+                "moved_tensors": [n for n in live_user],
+                "bn_policy": bn,
+                "data": description,
+                "samples": int(evaluator.total),
+                "parameter_count": int(n_params),
+                "moved_parameter_count": int(n_moved),
+                "theta0_sha256": theta0_hash,
+                "versions": versions(),
+                "directions_file": store.directions_path(out).name if out is not None else "",
+                "x_label": directions.labels[0] if directions.labels else "α",
+                "y_label": (directions.labels[1] if len(directions.labels) > 1 else "β") if grid.ndim == 2 else "",
+                "dtype": str(ref.dtype).replace("torch.", ""),
+                "device": str(ref.device),
+                "ranks": 1 if ctx is None else ctx.world,
+                "seconds": 0.0,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "settings": settings,
+            }
+            if grid.ndim == 1 and directions.markers:
+                attrs["markers"] = {k: v[:1] for k, v in directions.markers.items() if len(v) == 1 or v[1] == 0.0}
+            if ctx is not None:
+                _check_ranks_agree(ctx, settings)
 
-        # rank 0 decides: a new run, a resumed one, or a complete file; the others follow
-        values = np.full((grid.size, len(names)), np.nan)
-        mask = np.zeros(grid.size, dtype=bool)
-        existing = None
-        problem = None
-        if primary:
+            # rank 0 decides: a new run, a resumed one, or a complete file; the others follow
+            values = np.full((grid.size, len(names)), np.nan)
+            mask = np.zeros(grid.size, dtype=bool)
+            existing = None
+            problem = None
+            if primary:
+                try:
+                    if out is not None:
+                        guard.enter_context(store.writer_lock(out))
+                    existing = _open_existing(out, overwrite, settings, names)
+                except LossmapError as exc:
+                    problem = str(exc)
+            if ctx is not None:
+                problem = _broadcast(ctx, problem)
+            if problem is not None:
+                raise LossmapError(problem)
+            if existing is not None:
+                values, mask = existing[0], existing[1]
+                attrs["created"] = existing[2].get("created", attrs["created"])
+                attrs["seconds"] = float(existing[2].get("seconds", 0.0) or 0.0)
+            if ctx is not None:
+                mask = _broadcast(ctx, mask)
+
+            sink = None
+            if primary and out is not None:
+                sink = _Sink(out, grid, names, values, mask, attrs, directions, flush_every, flush_seconds)
+                done = int(mask.sum())
+                if existing is not None and done == grid.size:
+                    _say(progress, f"{out} is complete ({grid.size} points): nothing to compute")
+                elif existing is not None:
+                    _say(progress, f"resuming {out}: {done} of {grid.size} points are done, {grid.size - done} to go")
+                sink.start(fresh=existing is None)
+
+            coeffs = grid.coefficients()
+            order = grid.serpentine()
+            chunks = [order[lo : lo + chunk] for lo in range(0, len(order), chunk)]
+            pending = [k for k, idx in enumerate(chunks) if not mask[idx].all()]
+            world, rank = (1, 0) if ctx is None else (ctx.world, ctx.rank)
+            bar = None
+            if progress and primary and pending:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=grid.size, initial=int(mask.sum()), unit="pt", desc="landscape", leave=False, dynamic_ncols=True)
+            start = time.perf_counter()
             try:
-                existing = _open_existing(out, overwrite, settings, names)
-            except LossmapError as exc:
-                problem = str(exc)
-        if ctx is not None:
-            problem = _broadcast(ctx, problem)
-        if problem is not None:
-            raise LossmapError(problem)
-        if existing is not None:
-            values, mask = existing[0], existing[1]
-            attrs["created"] = existing[2].get("created", attrs["created"])
-            attrs["seconds"] = float(existing[2].get("seconds", 0.0) or 0.0)
-        if ctx is not None:
-            mask = _broadcast(ctx, mask)
-
-        sink = None
-        if primary and out is not None:
-            sink = _Sink(out, grid, names, values, mask, attrs, directions, flush_every, flush_seconds)
-            done = int(mask.sum())
-            if existing is not None and done == grid.size:
-                _say(progress, f"{out} is complete ({grid.size} points): nothing to compute")
-            elif existing is not None:
-                _say(progress, f"resuming {out}: {done} of {grid.size} points are done, {grid.size - done} to go")
-            sink.start(fresh=existing is None)
-
-        coeffs = grid.coefficients()
-        order = grid.serpentine()
-        chunks = [order[lo : lo + chunk] for lo in range(0, len(order), chunk)]
-        pending = [k for k, idx in enumerate(chunks) if not mask[idx].all()]
-        world, rank = (1, 0) if ctx is None else (ctx.world, ctx.rank)
-        bar = None
-        if progress and primary and pending:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=grid.size, initial=int(mask.sum()), unit="pt", desc="landscape", leave=False, dynamic_ncols=True)
-        start = time.perf_counter()
-        try:
-            for ids in distributed.deal(pending, world, rank):
-                mine = ids[rank]
-                mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, len(names)))
-                results = [(mine, mine_values)] if primary and mine >= 0 else []
-                if ctx is not None:
-                    try:
-                        gathered = distributed.gather_chunk(ctx, mine, mine_values, chunk, len(names))
-                    except Exception as exc:  # noqa: BLE001 - a peer died or timed out
-                        if primary:  # rank 0's own chunk is finished: keep it
-                            _merge(results, chunks, values, mask, bar)
-                        raise _PeerFailure(distributed.failure(exc)) from exc
-                    results += [(cid, vals) for cid, vals in gathered if cid != mine]
-                if not primary:
-                    continue
-                _merge(results, chunks, values, mask, bar)
+                for ids in distributed.deal(pending, world, rank):
+                    mine = ids[rank]
+                    mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, len(names)))
+                    results = [(mine, mine_values)] if primary and mine >= 0 else []
+                    if ctx is not None:
+                        try:
+                            gathered = distributed.gather_chunk(ctx, mine, mine_values, chunk, len(names))
+                        except Exception as exc:  # noqa: BLE001 - a peer died or timed out
+                            if primary:  # rank 0's own chunk is finished: keep it
+                                _merge(results, chunks, values, mask, bar)
+                            raise _PeerFailure(distributed.failure(exc)) from exc
+                        results += [(cid, vals) for cid, vals in gathered if cid != mine]
+                    if not primary:
+                        continue
+                    _merge(results, chunks, values, mask, bar)
+                    if sink is not None:
+                        sink.elapsed = time.perf_counter() - start
+                        if sink.due():
+                            sink.flush()
+                            if bar is not None:
+                                bar.set_postfix_str(f"saved {sink.saved}", refresh=False)
+            except BaseException as exc:
+                saved = None
                 if sink is not None:
                     sink.elapsed = time.perf_counter() - start
-                    if sink.due():
+                    try:
                         sink.flush()
-                        if bar is not None:
-                            bar.set_postfix_str(f"saved {sink.saved}", refresh=False)
-        except BaseException as exc:
-            saved = None
-            if sink is not None:
-                sink.elapsed = time.perf_counter() - start
-                try:
-                    sink.flush()
-                    saved = sink.saved
-                except BaseException as save_exc:  # noqa: BLE001 - report the first failure; keep the old file
-                    log.warning("could not save the finished points to %s: %s", out, save_exc)
-                    saved = sink.saved
-            if bar is not None:
-                bar.close()
-                bar = None
-            where = "" if out is None else f" in {out}"
-            kept = (
-                "nothing was saved (no output file)" if out is None
-                else (f"{saved} of {grid.size} points saved{where}" if primary else f"rank 0 saves the finished points{where}")
-            )
-            if isinstance(exc, _PeerFailure):
-                raise LossmapError(
-                    f"another rank stopped answering ({exc}); {kept}; fix the failing rank (see its error) and rerun the same command to resume"
-                ) from None
-            if isinstance(exc, KeyboardInterrupt):
-                terminated = isinstance(exc, Terminated)
-                what = "terminated (SIGTERM)" if terminated else "interrupted"
-                hint = "; rerun the same command to resume" if out is not None else ""
-                raise (Terminated if terminated else Interrupted)(f"{what}; {kept}{hint}") from None
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        elapsed = time.perf_counter() - start
+                        saved = sink.saved
+                    except BaseException as save_exc:  # noqa: BLE001 - report the first failure; keep the old file
+                        log.warning("could not save the finished points to %s: %s", out, save_exc)
+                        saved = sink.saved
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                where = "" if out is None else f" in {out}"
+                kept = (
+                    "nothing was saved (no output file)" if out is None
+                    else (f"{saved} of {grid.size} points saved{where}" if primary else f"rank 0 saves the finished points{where}")
+                )
+                if isinstance(exc, _PeerFailure):
+                    raise LossmapError(
+                        f"another rank stopped answering ({exc}); {kept}; fix the failing rank (see its error) and rerun the same command to resume"
+                    ) from None
+                if isinstance(exc, KeyboardInterrupt):
+                    terminated = isinstance(exc, Terminated)
+                    what = "terminated (SIGTERM)" if terminated else "interrupted"
+                    hint = "; rerun the same command to resume" if out is not None else ""
+                    raise (Terminated if terminated else Interrupted)(f"{what}; {kept}{hint}") from None
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            elapsed = time.perf_counter() - start
 
-    if ctx is not None:
-        values, mask = _broadcast(ctx, (values, mask) if primary else None)
-    attrs["seconds"] = round(float(attrs["seconds"]) + elapsed, 3)
-    if sink is not None:
-        sink.elapsed = elapsed
-        if sink.writes_pending:
-            sink.flush()
-        if existing is not None and not pending:
-            return store.load(out)
-    return store.partial_dataset(_dataset(grid, names, values, attrs), mask.reshape(grid.shape))
+        if ctx is not None:
+            values, mask = _broadcast(ctx, (values, mask) if primary else None)
+        attrs["seconds"] = round(float(attrs["seconds"]) + elapsed, 3)
+        if sink is not None:
+            sink.elapsed = elapsed
+            if sink.writes_pending:
+                sink.flush()
+            if existing is not None and not pending:
+                return store.load(out)
+        return store.partial_dataset(_dataset(grid, names, values, attrs), mask.reshape(grid.shape))
+    finally:
+        guard.close()
 
 
 def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Path:

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import xarray as xr
@@ -44,6 +45,7 @@ DONE = "done"
 __all__ = [
     "save", "load", "meta", "validate", "FORMAT", "FORMAT_VERSION", "JSON_ATTRS", "DONE", "encode_attrs",
     "directions_path", "done_mask", "progress", "is_complete", "partial_dataset", "remove_stale_temporaries",
+    "writer_lock",
 ]
 
 
@@ -142,6 +144,43 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+@contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock (``flock`` on ``.<name>.lock`` beside ``path``) while one run writes ``path``.
+
+    A second run on the same file fails at once instead of overwriting the first one's points. The
+    kernel drops the lock when the process ends, however it ends. Where the file system cannot lock,
+    the run goes on unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LossmapError(f"cannot create the lock file {str(lock)!r}: {exc}; choose another --out") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LossmapError(
+                f"another lossmap run is writing {str(path)!r} right now: wait for it to end, or choose another --out"
+            ) from None
+        except OSError:
+            pass  # no locking on this file system
+        yield
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+    finally:
+        os.close(fd)
 
 
 def done_mask(ds: xr.Dataset) -> np.ndarray:
