@@ -69,7 +69,7 @@ def test_compare_writes_figure_report_and_a_summary_table(files, tmp_path, capsy
     assert f"wrote {out}" in stdout and f"wrote {html}" in stdout
 
 
-@pytest.mark.parametrize("kind", ["contourf", "heatmap", "line"])
+@pytest.mark.parametrize("kind", ["contourf", "heatmap", "surface", "line"])
 def test_compare_kinds_and_titles(files, tmp_path, kind):
     out = tmp_path / f"{kind}.svg"
     argv = ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--kind", kind, "--log",

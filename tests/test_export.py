@@ -149,7 +149,9 @@ def test_cli_export_writes_mesh_and_refuses_bad_input(tmp_path, capsys):
     fails(["export", str(nc), "--out", str(tmp_path / "x.abc")], "--format")
     assert main(["export", str(nc), "--format", "obj", "--zmax", "1", "--out", str(out.with_suffix(".obj"))]) == 0
     assert read(out.with_suffix(".obj")).points[:, 2].max() == 1.0
-    assert main(["export", str(nc), "--format", "ply", "--out", str(out), "--overwrite"]) == 0
+    assert main(["export", str(nc), "--format", "ply", "--out", str(out), "--overwrite", "--zscale", "0.5"]) == 0
+    np.testing.assert_allclose(read(out).points[:, 2], 0.5 * landscape().loss.values.ravel(), rtol=1e-6)
+    fails(["export", str(nc), "--out", str(tmp_path / "z.vtk"), "--zscale", "0"], "z scale")
 
 
 @settings(max_examples=30, deadline=None)

@@ -81,6 +81,17 @@ def test_surface_and_contour_put_x_on_columns_for_a_non_square_grid():
     assert "loss=%{customdata[0]" in surf.hovertemplate and "accuracy=%{customdata[1]" in surf.hovertemplate
 
 
+@pytest.mark.parametrize("encoded", [True, False])
+def test_markers_drawn_from_json_text_or_decoded_attrs(encoded):
+    ds = landscape(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5), markers={"A": [0, 0], "B": [1, 0], "C": [0.3, 0.8]})
+    if not encoded:  # what compute() returns in memory, before a file round trip
+        ds.attrs = store.meta(ds)
+    marks = [t for t in landscape_figures(ds)["contour"].data if t.type == "scatter"]
+    assert len(marks) == 1
+    assert list(marks[0].text) == ["A", "B", "C"]
+    assert list(marks[0].x) == [0, 1, 0.3] and list(marks[0].y) == [0, 0, 0.8]
+
+
 def test_cross_sections_are_the_central_row_and_column():
     x, y = np.linspace(-1, 1, 9), np.linspace(-1, 1, 5)
     ds = landscape(x, y)

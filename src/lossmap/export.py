@@ -8,7 +8,8 @@ The mesh
 The z transform, in this order
     1. clip to ``[zmin, zmax]`` — both in the metric's own units, also with ``log=True``; each defaults to the
        smallest / largest finite (and, with ``log``, positive) value;
-    2. ``log10`` when ``log=True``.
+    2. ``log10`` when ``log=True``;
+    3. multiplication by ``z_scale`` (default 1).
 
 Points that have no finite value (unevaluated NaN, diverged ``+inf``) become a wall at the top (``zmax``);
 ``-inf`` and, with ``log``, values ``<= 0`` go to the bottom (``zmin``). So the vertex count always equals the
@@ -81,10 +82,13 @@ def export_mesh(
     log: bool = False,
     zmin: float | None = None,
     zmax: float | None = None,
+    z_scale: float = 1.0,
 ) -> Path:
     """Write the 2-D landscape ``ds`` as a mesh of ``ds[metric]`` (see the module docstring); returns the path.
 
-    ``format`` is one of :data:`FORMATS`; ``None`` takes it from the file's suffix.
+    ``format`` is one of :data:`FORMATS`; ``None`` takes it from the file's suffix. ``z_scale`` multiplies the
+    transformed heights (last step), e.g. to give a printable aspect when losses are large next to the
+    coefficient range.
     """
     path = Path(path)
     if format is None:
@@ -110,8 +114,11 @@ def export_mesh(
     if not path.parent.is_dir():
         raise LossmapError(f"output folder {str(path.parent)!r} does not exist: create it or choose another --out")
 
+    if not (np.isfinite(z_scale) and z_scale != 0):
+        raise LossmapError(f"z scale {z_scale!r} must be a finite, non-zero number")
     values = ds[metric].transpose("x", "y").values
     z, valid = surface_z(values, log=log, zmin=zmin, zmax=zmax)
+    z = z * z_scale
     points, triangles = grid_mesh(ds["x"].values, ds["y"].values, z)
     meshio_format, has_point_data = FORMATS[format]
     point_data = {}

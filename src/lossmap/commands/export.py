@@ -27,6 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log", action="store_true", help="height = log10(metric)")
     p.add_argument("--zmin", type=float, help="clip the metric below this value (metric units, before --log)")
     p.add_argument("--zmax", type=float, help="clip the metric above this value (metric units, before --log)")
+    p.add_argument("--zscale", type=float, default=1.0, metavar="S",
+                   help="multiply the heights by S after clipping and --log (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
     return p
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise LossmapError(f"output {str(out)!r} exists: choose another --out or pass --overwrite")
     ds = store.load(args.file)
-    path = export_mesh(ds, out, format=args.format, metric=args.metric, log=args.log, zmin=args.zmin, zmax=args.zmax)
+    path = export_mesh(ds, out, format=args.format, metric=args.metric, log=args.log, zmin=args.zmin, zmax=args.zmax,
+                       z_scale=args.zscale)
     nx, ny = ds.sizes["x"], ds.sizes["y"]
     print(f"wrote {path} ({nx * ny} vertices, {2 * (nx - 1) * (ny - 1)} triangles)")
     return 0
