@@ -92,6 +92,13 @@ def test_markers_drawn_from_json_text_or_decoded_attrs(encoded):
     assert list(marks[0].x) == [0, 1, 0.3] and list(marks[0].y) == [0, 0, 0.8]
 
 
+def test_contour_map_keeps_equal_units_unless_it_would_be_a_sliver():
+    square = landscape_figures(landscape(np.linspace(-1, 1, 5), np.linspace(-0.5, 0.5, 4)))["contour"]
+    assert square.layout.yaxis.scaleanchor == "x" and square.layout.yaxis.scaleratio == 1
+    sliver = landscape_figures(landscape(np.linspace(-1, 1, 5), np.linspace(-0.1, 0.1, 4)))["contour"]
+    assert sliver.layout.yaxis.scaleanchor is None
+
+
 def test_cross_sections_are_the_central_row_and_column():
     x, y = np.linspace(-1, 1, 9), np.linspace(-1, 1, 5)
     ds = landscape(x, y)

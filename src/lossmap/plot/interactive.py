@@ -266,6 +266,13 @@ def _lines_figure(ds: xr.Dataset, metric: str, log: bool, title: str) -> go.Figu
     return fig
 
 
+def _equal_aspect(ds: xr.Dataset) -> dict[str, Any]:
+    """Equal units on both axes unless that would make the map a sliver (spans differ more than 4×)."""
+    xs, ys = ds["x"].values, ds["y"].values
+    spans = sorted([float(xs.max() - xs.min()), float(ys.max() - ys.min())])
+    return {"scaleanchor": "x", "scaleratio": 1} if spans[0] > 0 and spans[1] / spans[0] <= 4 else {}
+
+
 def landscape_figures(
     ds: xr.Dataset, metric: str = "loss", log: bool = False, title: str = "", levels: int = DEFAULT_LEVELS
 ) -> dict[str, go.Figure]:
@@ -287,7 +294,7 @@ def landscape_figures(
             cont.add_trace(marks)
         cont.update_layout(title={"text": f"{title} — contours"}, height=560, width=PANEL_WIDTH,
                            xaxis={"title": {"text": _axis_label(ds, "x")}},
-                           yaxis={"title": {"text": _axis_label(ds, "y")}, "scaleanchor": "x", "scaleratio": 1})
+                           yaxis={"title": {"text": _axis_label(ds, "y")}, **_equal_aspect(ds)})
         figs["contour"] = cont
     figs["lines"] = _lines_figure(ds, metric, log, f"{title} — {'central cross-sections' if _is_2d(ds) else 'curve'}")
     return figs
