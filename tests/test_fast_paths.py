@@ -1,0 +1,298 @@
+"""Every fast evaluator equals the plain float64 loop (the oracle) to 1e-6 relative.
+
+The seed CNN runs on real (embedded digits) samples; biases move too (bias="keep"), so the cached
+first layer's bias parts are exercised. Each test also checks that the speed-up it is about was
+really in use, so a silent fallback to the plain path cannot pass for a fast path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lossmap import _alloc
+from lossmap.data import digits
+from lossmap.directions import random_directions
+from lossmap.errors import LossmapError
+from lossmap.evaluate import Evaluator, FastEvaluator, VmapEvaluator, make_evaluator, prepare_batches
+from lossmap.landscape import compute
+from lossmap.models import MnistCNN
+from lossmap.space import select_tensors
+
+RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits("test")
+
+
+def seed_net() -> nn.Module:
+    torch.manual_seed(0)
+    return MnistCNN()
+
+
+class BNNet(nn.Module):
+    """conv → BN → ReLU → conv → BN → pool → linear: batch-norm after the first moved layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 6 * 6, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def bn_net(data) -> nn.Module:
+    torch.manual_seed(1)
+    net = BNNet()
+    net.train()
+    with torch.no_grad():  # non-trivial running statistics
+        net(data.tensors[0][:200])
+    return net.eval()
+
+
+def evaluators(model, data, *, ndim=2, samples=48, batch_size=20, dtype=torch.float64, bias="keep", **kw):
+    """The same setting evaluated by every engine: {engine: evaluator}."""
+    model = model.to(dtype)
+    dirs = random_directions(model, ndim, seed=3, bias=bias, tensor_filter=kw.pop("tensor_filter", None))
+    live = select_tensors(model, False, dirs.tensor_filter)
+    origin = [t.detach().clone() for t in live.values()]
+    d = [[x[n] for n in live] for x in dirs.tensors]
+    out = {}
+    for engine in ("plain", "fast", "vmap"):
+        batches = prepare_batches(data, batch_size, samples, "cpu", dtype)
+        out[engine] = make_evaluator(model, list(live.values()), origin, d, batches, engine=engine, **kw)
+    return out
+
+
+def assert_same(a: np.ndarray, b: np.ndarray, rtol: float = RTOL) -> None:
+    assert a.shape == b.shape
+    assert np.all(np.isfinite(a)) and np.all(np.isfinite(b))
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-3)
+
+
+def grid2(nx=3, ny=4):
+    x, y = np.linspace(-1, 1, nx), np.linspace(-0.5, 1.5, ny)
+    return np.array([[a, b] for a in x for b in y])
+
+
+def test_seed_net_2d_non_square_grid_all_engines(data):
+    ev = evaluators(seed_net(), data)
+    assert type(ev["plain"]) is Evaluator
+    fast, vm = ev["fast"], ev["vmap"]
+    assert isinstance(fast, FastEvaluator) and isinstance(vm, VmapEvaluator)
+    assert "first-layer" in fast.features and "channels_last" in fast.features
+    assert any(f.startswith("sub-batch") for f in fast.features)
+    assert "vmap" in vm.features
+    coeffs = grid2()
+    ref = ev["plain"].evaluate_many(coeffs)
+    assert ref.shape == (12, 2) and np.ptp(ref[:, 0]) > 0.1  # the points differ: a real landscape
+    assert_same(fast.evaluate_many(coeffs), ref)
+    vm.points_per_forward = 5  # chunks of 5, 5, 2 points per forward
+    assert_same(vm.evaluate_many(coeffs), ref)
+    assert "vmap" in vm.features
+
+
+def test_seed_net_1d_through_compute(data):
+    kw = dict(x="-0.8:1.2:7", samples=40, batch_size=16, bias="keep", dtype="float64", seed=5)
+    plain = compute(seed_net(), data, engine="plain", **kw)
+    for engine in ("fast", "vmap", "auto"):
+        other = compute(seed_net(), data, engine=engine, **kw)
+        assert_same(other.loss.values, plain.loss.values)
+        assert_same(other.accuracy.values, plain.accuracy.values)
+
+
+def test_first_layer_cache_matches_at_each_point_and_uneven_sub_batches(data):
+    """Sub-batches of 7 over 30 samples (uneven pieces) with the cached first layer."""
+    model = seed_net().double()
+    dirs = random_directions(model, 2, seed=1, bias="keep")
+    live = select_tensors(model)
+    origin = [t.detach().clone() for t in live.values()]
+    d = [[x[n] for n in live] for x in dirs.tensors]
+    plain = Evaluator(model, list(live.values()), origin, d, prepare_batches(data, 30, 30, "cpu", torch.float64))
+    fast = FastEvaluator(model, list(live.values()), origin, d, prepare_batches(data, 30, 30, "cpu", torch.float64), sub_batch=7)
+    assert [b.size for b in fast.batches] == [6, 6, 6, 6, 6] and "first-layer" in fast.features
+    for c in ([0.0, 0.0], [2.5, 0.0], [0.0, -3.0], [0.7, 0.4]):
+        assert_same(np.array(fast(c)), np.array(plain(c)))
+
+
+def test_float32_default_path_close_to_plain(data):
+    """The path users get by default (fp32, mkldnn, NHWC): within fp32 round-off of the plain loop."""
+    ev = evaluators(seed_net(), data, dtype=torch.float32, samples=64)
+    coeffs = grid2(2, 2)
+    ref = ev["plain"].evaluate_many(coeffs)
+    assert "channels_last" in ev["fast"].features
+    assert_same(ev["fast"].evaluate_many(coeffs), ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bn", ["frozen", "recompute"])
+def test_batchnorm_model_both_policies(data, bn):
+    model = bn_net(data)
+    kw = dict(bn=bn)
+    if bn == "recompute":
+        kw["bn_batches"] = prepare_batches(data, 50, 100, "cpu", torch.float64)
+    ev = evaluators(model, data, **kw)
+    if bn == "recompute":  # the fast paths do not apply: make_evaluator gives the exact plain loop
+        assert all(type(e) is Evaluator for e in ev.values())
+    else:
+        assert "first-layer" in ev["fast"].features and "vmap" in ev["vmap"].features
+    coeffs = grid2(2, 3)
+    ref = ev["plain"].evaluate_many(coeffs)
+    for engine in ("fast", "vmap"):
+        assert_same(ev[engine].evaluate_many(coeffs), ref)
+
+
+def test_first_moved_layer_after_frozen_prefix(data):
+    """Only fc1/fc2 move: the first moved layer is fc1, fed by the frozen convolutions."""
+    ev = evaluators(seed_net(), data, tensor_filter="fc*")
+    fast = ev["fast"]
+    assert "first-layer" in fast.features and fast._first.module is fast.model.fc1
+    coeffs = grid2(3, 2)
+    assert_same(fast.evaluate_many(coeffs), ev["plain"].evaluate_many(coeffs))
+
+
+class ScaledInput(nn.Module):
+    """The input is scaled by a parameter of the container before the first layer: no caching."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.3))
+        self.fc1 = nn.Linear(784, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(torch.flatten(x, 1) * self.scale)))
+
+
+class Shared(nn.Module):
+    """One linear layer used twice: its output is not a single affine map of the point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(784, 16)
+        self.mid = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(torch.flatten(x, 1)))
+        return self.out(torch.tanh(self.mid(torch.tanh(self.mid(h)))))
+
+
+class LinearFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, 24)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+@pytest.mark.parametrize("factory, cached", [(ScaledInput, False), (Shared, True), (LinearFirst, True)])
+def test_models_where_caching_may_or_may_not_apply(data, factory, cached):
+    torch.manual_seed(2)
+    ev = evaluators(factory(), data, bias="filter")
+    assert ("first-layer" in ev["fast"].features) is cached
+    coeffs = grid2(2, 3)
+    ref = ev["plain"].evaluate_many(coeffs)
+    for engine in ("fast", "vmap"):
+        assert_same(ev[engine].evaluate_many(coeffs), ref)
+
+
+def test_shared_first_layer_is_not_cached(data):
+    """The first moved module runs twice (weight sharing): the cache must not be used."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(784, 784)
+            self.b = nn.Linear(784, 10)
+
+        def forward(self, x):
+            x = torch.flatten(x, 1)
+            return self.b(torch.tanh(self.a(torch.tanh(self.a(x)))))
+
+    torch.manual_seed(4)
+    ev = evaluators(Twice(), data, samples=24)
+    assert "first-layer" not in ev["fast"].features
+    coeffs = grid2(2, 2)
+    assert_same(ev["fast"].evaluate_many(coeffs), ev["plain"].evaluate_many(coeffs))
+
+
+def test_custom_loss_and_metrics_keep_user_batches(data):
+    def loss_fn(out, batch):
+        return F.nll_loss(out, batch[1])
+
+    def top2(out, batch):
+        return (out.topk(2, dim=1).indices == batch[1][:, None]).any(dim=1).double().mean()
+
+    ev = evaluators(seed_net(), data, loss_fn=loss_fn, metrics={"top2": top2})
+    fast = ev["fast"]
+    assert [b.size for b in fast.batches] == [20, 20, 8]  # batch means: the user's cut is kept
+    assert ev["plain"].metric_names == fast.metric_names == ["loss", "top2"]
+    coeffs = grid2(2, 2)
+    ref = ev["plain"].evaluate_many(coeffs)
+    for engine in ("fast", "vmap"):
+        assert_same(ev[engine].evaluate_many(coeffs), ref)
+
+
+def test_vmap_falls_back_when_the_model_cannot_be_batched(data):
+    class ItemNet(LinearFirst):
+        def forward(self, x):
+            scale = 1.0 + abs(float(self.fc2.bias.sum().item()))  # .item() of a vmapped parameter fails
+            return super().forward(x) / scale
+
+    torch.manual_seed(5)
+    ev = evaluators(ItemNet(), data, samples=24)
+    coeffs = grid2(2, 2)
+    ref = ev["plain"].evaluate_many(coeffs)
+    vm = ev["vmap"]
+    assert_same(vm.evaluate_many(coeffs), ref)
+    assert "vmap-fallback" in vm.features
+
+
+def test_user_forward_gets_the_plain_path(data):
+    def forward(model, batch):
+        return model(batch[0])
+
+    ev = evaluators(seed_net(), data, forward=forward, samples=8)
+    assert all(type(e) is Evaluator for e in ev.values())
+
+
+def test_unknown_engine_names_the_choices(data):
+    with pytest.raises(LossmapError, match="engine 'turbo'.*plain"):
+        compute(seed_net(), data, x="-1:1:2", samples=4, engine="turbo")
+
+
+def test_model_comes_back_unchanged(data):
+    model = seed_net()
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    strides = {n: t.stride() for n, t in model.state_dict().items()}
+    compute(model, data, x="-1:1:3", y="-1:1:2", samples=16, bias="keep", engine="fast")
+    for n, t in model.state_dict().items():
+        assert torch.equal(t, before[n]) and t.stride() == strides[n], n
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert all(m.training for m in model.modules())  # built in train mode, given back in train mode
+
+
+def test_allocator_tuning_is_switchable(monkeypatch):
+    monkeypatch.setitem(_alloc._state, "tuned", False)
+    monkeypatch.setenv("LOSSMAP_MALLOC", "0")
+    assert _alloc.tune() is False and not _alloc.tuned()
+    monkeypatch.delenv("LOSSMAP_MALLOC")
+    ok = _alloc.tune()
+    assert ok == _alloc.tuned()
+    assert _alloc.tune() == ok  # idempotent
+    _alloc.restore()
+    assert not _alloc.tuned()
+    _alloc.tune()
