@@ -127,3 +127,12 @@ def test_compare_refuses_bad_arguments_with_one_line(files, tmp_path, capsys):
     assert out.read_bytes() == b"old" and html.read_text() == "old" and not (tmp_path / "d.png").exists()
     assert main(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--overwrite"]) == 0
     assert _png_size(out)[0] > 100
+
+
+def test_compare_notes_different_normalization_but_still_draws(tmp_path, capsys):
+    a, b = landscape(), landscape(scale=2.0)
+    b.attrs["normalization"] = "none"
+    fa, fb = store.save(a, tmp_path / "a.nc"), store.save(b, tmp_path / "b.nc")
+    assert main(["compare", str(fa), str(fb), "--out", str(tmp_path / "c.png")]) == 0
+    err = capsys.readouterr().err
+    assert err == "lossmap: note: the landscapes differ in normalization (a: filter, b: none)\n"

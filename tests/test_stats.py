@@ -179,3 +179,12 @@ def test_table_orders_mixed_1d_and_2d_keys_canonically():
     assert list(two) == [k for k in stats.KEYS]  # summarize itself follows KEYS
     rows = [line.split()[0] for line in stats.table([one, two], ["line", "plane"]).splitlines()[1:]]
     assert rows == list(stats.KEYS)
+
+
+def test_caveats_name_the_differing_settings():
+    a = bowl(x=np.linspace(-1, 1, 5), y=np.linspace(-1, 1, 5))
+    b = a.copy()
+    a.attrs.update(normalization="filter", seed=3, data="digits:test")
+    b.attrs = {**a.attrs, "normalization": "none"}
+    assert stats.caveats([a, a.copy()], ["a", "b"]) == []
+    assert stats.caveats([a, b], ["sgd", "adam"]) == ["the landscapes differ in normalization (sgd: filter, adam: none)"]

@@ -29,6 +29,7 @@ Ball mean increase (flatness measure 2)
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Sequence
 
@@ -37,7 +38,7 @@ import xarray as xr
 
 from .errors import LossmapError
 
-__all__ = ["summarize", "attach", "require_comparable", "table", "ordered_keys", "PREFIX", "KEYS"]
+__all__ = ["summarize", "attach", "require_comparable", "caveats", "table", "ordered_keys", "PREFIX", "KEYS"]
 
 #: prefix of the attributes :func:`attach` writes
 PREFIX = "summary_"
@@ -199,6 +200,29 @@ def require_comparable(datasets: Sequence[xr.Dataset], names: Sequence[str], met
                 f"{name} has metrics {sorted(metrics)} but {ref_name} has {sorted(ref_metrics)}: "
                 "compare landscapes evaluated with the same metrics"
             )
+
+
+#: settings that should agree for a side-by-side picture to mean what it seems to
+CAVEAT_FIELDS = ("directions_kind", "normalization", "bias_policy", "seed", "data", "samples", "bn_policy")
+
+
+def caveats(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> list[str]:
+    """Settings in which comparable landscapes differ (one sentence each); empty when they agree.
+
+    Different normalizations make the pictures incomparable (the point of filter normalization); different
+    data or sample counts shift the loss itself. These are warnings, not errors: the grids still match.
+    """
+    from .store import meta
+
+    notes = []
+    metas = [meta(ds) for ds in datasets]
+    for field in CAVEAT_FIELDS:
+        values = [m.get(field) for m in metas]
+        if any(v is None for v in values) or len({json.dumps(v, sort_keys=True, default=str) for v in values}) == 1:
+            continue
+        shown = ", ".join(f"{n}: {v}" for n, v in zip(names, values))
+        notes.append(f"the landscapes differ in {field} ({shown})")
+    return notes
 
 
 def _describe_axis(values: np.ndarray) -> str:

@@ -7,6 +7,7 @@ the command refuses with one line saying which file and which axis differ.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import LossmapError
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     titles = titles_for(args.files, args.titles)
     datasets = load_all(args.files)
     stats.require_comparable(datasets, titles, args.metric)
+    for note in stats.caveats(datasets, titles):
+        print(f"lossmap: note: {note}", file=sys.stderr)
 
     try:
         from ..plot.static import plot_compare, save_figure

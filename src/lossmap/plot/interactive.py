@@ -459,6 +459,8 @@ def report_html(
         else:
             doc.text("<h2>Comparison</h2>")
             doc.text('<p class="note">All panels share one colour scale and the same contour levels.</p>')
+            for note in stats.caveats(datasets, titles):
+                doc.text(f'<p class="note"><b>Note:</b> {html.escape(note)}.</p>')
             for key in ("contour", "surface", "lines"):
                 if key in figs:
                     doc.text(doc.figure(figs[key]))
