@@ -295,7 +295,8 @@ def compute(
                 if sink is not None:
                     sink.elapsed = time.perf_counter() - start
                     try:
-                        sink.flush()
+                        if sink.writes_pending:
+                            sink.flush()
                         saved = sink.saved
                     except BaseException as save_exc:  # noqa: BLE001 - report the first failure; keep the old file
                         log.warning("could not save the finished points to %s: %s", out, save_exc)
@@ -323,15 +324,15 @@ def compute(
                     bar.close()
             elapsed = time.perf_counter() - start
 
-        if ctx is not None:
-            values, mask = _broadcast(ctx, (values, mask) if primary else None)
         attrs["seconds"] = round(float(attrs["seconds"]) + elapsed, 3)
-        if sink is not None:
+        if sink is not None:  # first the file, then the other ranks' copies
             sink.elapsed = elapsed
             if sink.writes_pending:
                 sink.flush()
-            if existing is not None and not pending:
-                return store.load(out)
+        if ctx is not None:
+            values, mask = _broadcast(ctx, (values, mask) if primary else None)
+        if sink is not None and existing is not None and not pending:
+            return store.load(out)
         return store.partial_dataset(_dataset(grid, names, values, attrs), mask.reshape(grid.shape))
     finally:
         guard.close()
