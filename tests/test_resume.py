@@ -259,7 +259,7 @@ def test_stale_temporaries_are_removed(tmp_path):
 def test_deal_is_balanced_and_covers_every_chunk():
     pending = [0, 2, 3, 5, 8, 9, 10]
     for world in (1, 2, 3, 7, 9):
-        rounds = distributed.deal(pending, world, 0)
+        rounds = distributed.deal(pending, world)
         taken = [c for r in rounds for c in r if c >= 0]
         assert sorted(taken) == pending and len(taken) == len(set(taken))
         per_rank = [sum(r[k] >= 0 for r in rounds) for k in range(world)]

@@ -130,10 +130,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def deal(pending: Sequence[int], world: int, rank: int) -> list[list[int]]:
-    """Rounds of work: ``result[r]`` is the list of chunk ids, one per rank (-1: none), of round ``r``;
-    rank ``k`` takes ``pending[r·world + k]``. Every rank gets ``len(pending) // world`` chunks, or one more."""
-    del rank  # every rank sees the same plan
+def deal(pending: Sequence[int], world: int) -> list[list[int]]:
+    """Rounds of work, the same plan on every rank: ``result[r]`` lists round ``r``'s chunk ids, one per
+    rank (-1: none); rank ``k`` takes ``pending[r·world + k]``. Every rank gets ``len(pending) // world``
+    chunks, or one more."""
     rounds = []
     for lo in range(0, len(pending), world):
         ids = list(pending[lo : lo + world])

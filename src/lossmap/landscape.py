@@ -269,7 +269,7 @@ def compute(
                 bar = tqdm(total=grid.size, initial=int(mask.sum()), unit="pt", desc="landscape", leave=False, dynamic_ncols=True)
             start = time.perf_counter()
             try:
-                for ids in distributed.deal(pending, world, rank):
+                for ids in distributed.deal(pending, world):
                     mine = ids[rank]
                     mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, len(names)))
                     results = [(mine, mine_values)] if primary and mine >= 0 else []

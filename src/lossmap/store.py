@@ -124,7 +124,9 @@ def _fsync(path: Path, directory: bool = False) -> None:
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Delete temporary files that a killed writer of ``path`` left behind (those of live processes stay)."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
+    if os.name != "posix":  # no cheap "is this process alive?" test elsewhere
+        return removed
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         try:
             pid = int(tmp.name[len(path.name) + 2 : -4])
