@@ -488,3 +488,20 @@ def test_a_second_writer_is_refused_and_no_lock_file_stays(tmp_path):
     assert not out.exists()
     _run(out=out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.directions.safetensors", "run.nc"]
+
+
+def test_points_whose_value_is_nan_or_inf_count_as_done(tmp_path):
+    out = tmp_path / "run.nc"
+    calls = [0]
+
+    def wild(outputs, batch):
+        calls[0] += 1
+        return torch.tensor(float("nan") if calls[0] % 2 else float("inf"))
+
+    kw = dict(x="-1:1:6", chunk=2, batch_size=48, out=out)
+    first = lossmap.compute(_model(), _data(), metrics={"wild": wild}, **kw)
+    assert calls[0] == 6 and np.isnan(first.wild.values[::2]).all() and np.isinf(first.wild.values[1::2]).all()
+    again = lossmap.compute(_model(), _data(), metrics={"wild": wild}, **kw)
+    assert calls[0] == 6  # a NaN or inf value is a finished point, not a missing one
+    assert np.array_equal(again.wild.values, first.wild.values, equal_nan=True)
+    assert store.is_complete(store.load(out))
