@@ -505,3 +505,23 @@ def test_points_whose_value_is_nan_or_inf_count_as_done(tmp_path):
     assert calls[0] == 6  # a NaN or inf value is a finished point, not a missing one
     assert np.array_equal(again.wild.values, first.wild.values, equal_nan=True)
     assert store.is_complete(store.load(out))
+
+
+def test_a_resumed_run_keeps_the_files_chunking(tmp_path, monkeypatch):
+    out = tmp_path / "run.nc"
+    with pytest.raises(Interrupted, match="; 8 of 28 points saved"):
+        _run(metric=Tripwire(at=3 * 9 + 1), out=out, chunk=4)
+    assert store.load(out).attrs["chunk"] == 4
+    seen = []
+    real = lossmap.landscape.make_evaluator
+
+    def spy(*args, **kwargs):
+        ev = real(*args, **kwargs)
+        inner = ev.evaluate_many
+        ev.evaluate_many = lambda coeffs: (seen.append(len(coeffs)), inner(coeffs))[1]
+        return ev
+
+    monkeypatch.setattr(lossmap.landscape, "make_evaluator", spy)
+    ds = _run(out=out, chunk=3)
+    assert seen == [4] * 5  # the 20 missing points in the file's chunks of 4, not in chunks of 3
+    _assert_same(ds, _run(chunk=4))

@@ -133,8 +133,9 @@ def compute(
     raises :class:`Interrupted`; while ``compute`` runs in the main thread, SIGTERM does the same
     (:class:`Terminated`).
 
-    Points are evaluated in chunks of ``chunk`` points of the grid's serpentine order; a chunk always
-    holds the same points, so a resumed run gives the same values bit for bit as an uninterrupted one.
+    Points are evaluated in chunks of ``chunk`` points of the grid's serpentine order (the file is written
+    between chunks); a chunk always holds the same points — a resumed run keeps the file's ``chunk`` —
+    so a resumed run gives the same values bit for bit as an uninterrupted one.
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the chunks are shared among the ranks and rank 0 writes
     ``out``; see :mod:`lossmap.distributed`.
     """
@@ -244,8 +245,11 @@ def compute(
                 values, mask = existing[0], existing[1]
                 attrs["created"] = existing[2].get("created", attrs["created"])
                 attrs["seconds"] = float(existing[2].get("seconds", 0.0) or 0.0)
+                # the file's chunking, so that every chunk holds the same points as before
+                chunk = _positive_int(existing[2].get("chunk"), chunk)
             if ctx is not None:
-                mask = _broadcast(ctx, mask)
+                mask, chunk = _broadcast(ctx, (mask, chunk))
+            attrs["chunk"] = chunk
 
             sink = None
             if primary and out is not None:
@@ -347,6 +351,14 @@ def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Pat
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _positive_int(value: Any, default: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number >= 1 else default
 
 
 def _merge(results: list[tuple[int, np.ndarray]], chunks: list[np.ndarray], values: np.ndarray, mask: np.ndarray, bar: Any) -> None:
