@@ -65,13 +65,14 @@ def _assert_same(a, b, names=("loss", "accuracy", "mean_out")):
         assert np.isfinite(a[name].values).all()
 
 
-def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path):
-    ref = _run()
+@pytest.mark.parametrize("engine", ["plain", "fast", "vmap"])  # vmap evaluates a chunk's points together
+def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path, engine):
+    ref = _run(engine=engine)
     out = tmp_path / "run.nc"
     # 3 batches per point; the metric trips in the middle of point 11 (chunk 4 of 3-point chunks)
     trip = Tripwire(at=3 * 10 + 2)
     with pytest.raises(Interrupted, match=r"interrupted; 9 of 28 points saved in .*run.nc; rerun the same command to resume"):
-        _run(metric=trip, out=out)
+        _run(metric=trip, out=out, engine=engine)
     part = store.load(out)
     mask = store.done_mask(part)
     assert store.progress(part) == (9, 28) and not store.is_complete(part)
@@ -88,7 +89,7 @@ def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path):
     assert store.directions_path(out).exists()
 
     again = Tripwire()
-    ds = _run(metric=again, out=out)
+    ds = _run(metric=again, out=out, engine=engine)
     assert again.calls == 3 * (28 - 9)  # only the missing points were evaluated
     _assert_same(ds, ref)
     final = store.load(out)
