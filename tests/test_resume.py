@@ -487,7 +487,10 @@ def test_a_second_writer_is_refused_and_no_lock_file_stays(tmp_path):
         with pytest.raises(LossmapError, match="another lossmap run is writing .*run.nc.* right now"):
             _run(out=out)
     assert not out.exists()
+        assert (tmp_path / ".run.nc.lock").exists()  # the holder's lock stays
     _run(out=out)
+    with pytest.raises(LossmapError, match="seed"):
+        _run(out=out, seed=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.directions.safetensors", "run.nc"]
 
 

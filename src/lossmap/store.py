@@ -167,6 +167,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise LossmapError(f"cannot create the lock file {str(lock)!r}: {exc}; choose another --out") from exc
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -176,12 +177,14 @@ def writer_lock(path: str | Path) -> Iterator[None]:
             ) from None
         except OSError:
             pass  # no locking on this file system
+        held = True
         yield
-        try:
-            lock.unlink()
-        except OSError:
-            pass
     finally:
+        if held:  # the other run's lock file stays
+            try:
+                lock.unlink()
+            except OSError:
+                pass
         os.close(fd)
 
 
