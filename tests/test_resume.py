@@ -486,8 +486,8 @@ def test_a_second_writer_is_refused_and_no_lock_file_stays(tmp_path):
     with store.writer_lock(out):  # as another run would hold it
         with pytest.raises(LossmapError, match="another lossmap run is writing .*run.nc.* right now"):
             _run(out=out)
-    assert not out.exists()
         assert (tmp_path / ".run.nc.lock").exists()  # the holder's lock stays
+    assert not out.exists()
     _run(out=out)
     with pytest.raises(LossmapError, match="seed"):
         _run(out=out, seed=5)
