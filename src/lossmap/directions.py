@@ -46,7 +46,13 @@ __all__ = [
 
 
 def _dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    return float(sum(torch.sum(a[n].double() * b[n].double()) for n in a))
+    # float64 in slices of 2**20 values: no float64 copy of a whole (possibly huge) tensor
+    total, step = 0.0, 1 << 20
+    for n in a:
+        x, y = a[n].reshape(-1), b[n].reshape(-1)
+        for lo in range(0, x.numel(), step):
+            total += float(torch.dot(x[lo : lo + step].double(), y[lo : lo + step].double()))
+    return total
 
 
 def _norm(a: Mapping[str, torch.Tensor]) -> float:
