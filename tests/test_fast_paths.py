@@ -296,3 +296,14 @@ def test_allocator_tuning_is_switchable(monkeypatch):
     _alloc.restore()
     assert not _alloc.tuned()
     _alloc.tune()
+
+
+def test_a_model_the_fast_path_cannot_drive_gets_the_plain_loop(data, monkeypatch):
+    import lossmap.evaluate as ev_mod
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("cannot reparametrize this module")
+
+    monkeypatch.setattr(ev_mod.FastEvaluator, "__init__", broken)
+    ev = evaluators(seed_net(), data, samples=8)
+    assert type(ev["fast"]) is Evaluator and type(ev["vmap"]) is Evaluator

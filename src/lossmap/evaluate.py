@@ -179,6 +179,7 @@ class Evaluator:
 
     engine = "plain"
     features: Sequence[str] = ()
+    preferred_chunk = 8  # points per evaluate_many call that suit this evaluator
 
     def __init__(
         self,
@@ -365,6 +366,10 @@ def _available_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return FIRST_LAYER_CACHE_BYTES * 4
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early (while caching the first layer's input)."""
 
 
 class _FirstLayer:
@@ -585,13 +590,19 @@ class FastEvaluator(Evaluator):
 
         def capture(_m: nn.Module, args: Any) -> None:
             grab["x"] = args[0]
+            raise _Stop  # the rest of the forward is not needed
 
         handle = first.register_forward_pre_hook(capture)
         try:
             with torch.inference_mode():
                 for b in self.batches:
                     grab.clear()
-                    self._forward(b.inputs)
+                    try:
+                        self._forward(b.inputs)
+                    except _Stop:
+                        pass
+                    if "x" not in grab:
+                        return None
                     x = grab["x"]
                     cache.append([affine(x, w, bb) for w, bb in zip(ws, bs)])
         finally:
@@ -662,6 +673,7 @@ class VmapEvaluator(FastEvaluator):
         moved_bytes = sum(t.numel() * t.element_size() for t in self.origin)
         cap = max(1, VMAP_PARAM_BYTES // max(moved_bytes, 1))
         self.points_per_forward = int(points_per_forward or min(64, cap))
+        self.preferred_chunk = self.points_per_forward
         self.vmap_ok = all(n is not None for n in self._names)
         if self.vmap_ok:
             self.features.append("vmap")
@@ -755,6 +767,9 @@ def make_evaluator(
         return plain
     if engine == "auto":
         engine = "vmap" if origin[0].device.type == "cuda" else "fast"
-    if engine == "vmap":
-        return VmapEvaluator(*args)
-    return FastEvaluator(*args)
+    try:
+        return VmapEvaluator(*args) if engine == "vmap" else FastEvaluator(*args)
+    except LossmapError:
+        raise
+    except Exception:  # a model the fast paths cannot drive (scripted, exotic hooks…): the plain loop
+        return plain
