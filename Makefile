@@ -26,7 +26,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) -m pip install -q --no-deps loss-landscapes==3.0.6
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf lossmap-demo .pytest_cache
