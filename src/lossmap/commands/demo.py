@@ -18,8 +18,8 @@ from pathlib import Path
 MAIN = {"full": (3, 32, "adam", 1e-3), "quick": (1, 32, "adam", 2e-3)}
 #: the two variants of ``--compare`` (same init, same data, same directions seed and grid)
 VARIANTS = {
-    "full": [("sgd-b16", 3, 16, "sgd", 0.02), ("adam-b256", 6, 256, "adam", 3e-3)],
-    "quick": [("sgd-b16", 1, 16, "sgd", 0.02), ("adam-b256", 2, 256, "adam", 3e-3)],
+    "full": [("sgd-b8", 3, 8, "sgd", 0.01), ("adam-b256", 6, 256, "adam", 3e-3)],
+    "quick": [("sgd-b8", 1, 8, "sgd", 0.01), ("adam-b256", 2, 256, "adam", 3e-3)],
 }
 
 
@@ -33,7 +33,7 @@ class Grids:
 
 GRIDS = {
     "full": Grids(interpolation="-0.5:1.5:41", line="-1:1:51", plane="-1:1:25", samples=None),
-    "quick": Grids(interpolation="-0.5:1.5:11", line="-1:1:11", plane="-1:1:7", samples=200),
+    "quick": Grids(interpolation="-0.5:1.5:9", line="-1:1:11", plane="-1:1:7", samples=200),
 }
 
 
@@ -51,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="lossmap-demo", metavar="DIR", help="output folder (default: lossmap-demo/)")
     p.add_argument("--quick", action="store_true", help="one epoch and coarse grids on 200 test samples (well under a minute)")
     p.add_argument("--compare", action="store_true",
-                   help="also train SGD (batch 16) and Adam (batch 256) variants and draw their planes side by side")
+                   help="also train SGD (batch 8) and Adam (batch 256) variants and draw their planes side by side")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization, batch order and directions (default: 0)")
     p.set_defaults(func=run)
     return p

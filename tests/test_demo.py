@@ -1,0 +1,93 @@
+"""``lossmap demo --quick --compare`` end to end: files, accuracy, and summary numbers checked
+against the written landscapes and against losses recomputed here from the saved checkpoints."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lossmap import store
+from lossmap.cli import main
+from lossmap.commands.demo import GRIDS
+from lossmap.data import digits
+from lossmap.models import MnistCNN, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "lossmap-demo"
+    assert main(["demo", "--quick", "--compare", "--out", str(out)]) == 0
+    return out
+
+
+def summary_numbers(out) -> dict[str, float]:
+    text = (out / "summary.txt").read_text(encoding="utf-8")
+    return {k: float(v) for k, v in re.findall(r"^(\w+) = ([-+0-9.eE]+)", text, flags=re.M)}
+
+
+def loss_and_accuracy(checkpoint, samples: int) -> tuple[float, float]:
+    net = load_checkpoint(MnistCNN(), checkpoint).eval().double()
+    x, y = digits("test").tensors
+    with torch.no_grad():
+        out = net(x[:samples].double())
+    return F.cross_entropy(out, y[:samples]).item(), (out.argmax(1) == y[:samples]).double().mean().item()
+
+
+def test_demo_writes_every_file(demo):
+    names = {p.name for p in demo.iterdir()}
+    for stem in ("interpolation", "slice1d", "plane", "plane_sgd-b8", "plane_adam-b256"):
+        assert f"{stem}.nc" in names and f"{stem}.directions.safetensors" in names
+    for ckpt in ("init", "trained", "sgd-b8", "adam-b256"):
+        assert f"{ckpt}.safetensors" in names
+    figures = ["interpolation_line", "slice1d_line", "compare"] + [f"plane_{k}" for k in ("contour", "contourf", "heatmap", "surface", "line")]
+    for fig in figures:
+        assert (demo / f"{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
+        assert (demo / f"{fig}.pdf").read_bytes()[:4] == b"%PDF", fig
+    for report in ("report.html", "compare.html"):
+        assert (demo / report).stat().st_size > 100_000  # plotly.js is embedded
+    text = (demo / "summary.txt").read_text(encoding="utf-8")
+    for name in ("interpolation.nc", "slice1d.nc", "plane.nc", "trained.safetensors", "plane_contour.png", "report.html"):
+        assert name in text
+
+
+def test_demo_accuracy_and_checkpoints(demo):
+    nums = summary_numbers(demo)
+    assert nums["test_accuracy"] > 0.9  # quick mode (one epoch) reaches about 0.955
+    _, acc = loss_and_accuracy(demo / "trained.safetensors", 360)
+    assert nums["test_accuracy"] == pytest.approx(acc, abs=5e-5)
+    _, init_acc = loss_and_accuracy(demo / "init.safetensors", 360)
+    assert init_acc < 0.3  # the init checkpoint really is untrained
+
+
+def test_summary_numbers_match_landscapes(demo):
+    nums = summary_numbers(demo)
+    for key in ("interpolation", "slice1d", "plane"):
+        loss = store.load(demo / f"{key}.nc")["loss"].values
+        assert nums[f"{key}_loss_min"] == pytest.approx(float(np.nanmin(loss)), rel=1e-5)
+        assert nums[f"{key}_loss_max"] == pytest.approx(float(np.nanmax(loss)), rel=1e-5)
+
+
+def test_landscapes_pass_through_the_models(demo):
+    samples = GRIDS["quick"].samples
+    init_loss, _ = loss_and_accuracy(demo / "init.safetensors", samples)
+    trained_loss, trained_acc = loss_and_accuracy(demo / "trained.safetensors", samples)
+    interp = store.load(demo / "interpolation.nc")
+    assert interp["loss"].sel(x=0.0).item() == pytest.approx(init_loss, rel=1e-4)
+    assert interp["loss"].sel(x=1.0).item() == pytest.approx(trained_loss, rel=1e-4)
+    assert store.meta(interp)["markers"] == {"init": [0.0], "trained": [1.0]}
+    line, plane = store.load(demo / "slice1d.nc"), store.load(demo / "plane.nc")
+    assert line["loss"].sel(x=0.0).item() == pytest.approx(trained_loss, rel=1e-4)
+    assert plane["loss"].sel(x=0.0, y=0.0).item() == pytest.approx(trained_loss, rel=1e-4)
+    assert plane["accuracy"].sel(x=0.0, y=0.0).item() == pytest.approx(trained_acc, abs=1e-12)
+    # same seed: the 1-D slice's direction is the plane's first direction, so they agree on β = 0
+    for x in (-1.0, 1.0):
+        assert plane["loss"].sel(x=x, y=0.0).item() == pytest.approx(line["loss"].sel(x=x).item(), rel=1e-5)
+    m = store.meta(plane)
+    assert (m["normalization"], m["directions_kind"], m["samples"], m["ndim"]) == ("filter", "random", samples, 2)
+    assert plane.sizes == {"x": 7, "y": 7}
