@@ -236,6 +236,48 @@ def _features(model, x, y, d, kw):
     return [ev.engine] + list(ev.features)
 
 
+def w_lever(cfg):
+    """Points/s of one evaluator variant (plain, or the fast path with one speed-up switched off)."""
+    import numpy as np
+    import torch
+
+    from lossmap.evaluate import Evaluator, FastEvaluator, prepare_batches
+    from lossmap.space import select_tensors
+
+    model = trained_model()
+    x, y = load_xy(cfg["samples"])
+    d = plane(model)
+    live = select_tensors(model)
+    origin = [t.detach().clone() for t in live.values()]
+    dirs = [[t[n] for n in live] for t in d.tensors]
+    batches = prepare_batches((x, y), 256)
+    opts = cfg.get("options")
+    if opts is None:
+        ev = Evaluator(model, list(live.values()), origin, dirs, batches)
+    else:
+        ev = FastEvaluator(model, list(live.values()), origin, dirs, batches, **opts)
+    g = np.linspace(-1, 1, cfg.get("side", 3))
+    coeffs = np.array([[a, b] for a in g for b in g])
+    ev.evaluate_many(coeffs[:1])  # warm-up
+    start, cpu = time.perf_counter(), time.process_time()
+    ev.evaluate_many(coeffs)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    with torch.no_grad():
+        for p, o in zip(live.values(), origin):
+            p.copy_(o)
+    return {"points_per_s": len(coeffs) / seconds, "cpu_seconds_per_point": cpu / len(coeffs),
+            "features": [ev.engine] + list(ev.features)}
+
+
+LEVERS = [("plain loop (batch 256)", None, {}),
+          ("plain loop + malloc", None, {"force_malloc": True}),
+          ("fast, all speed-ups", {}, {}),
+          ("fast without malloc", {}, {"LOSSMAP_MALLOC": "0"}),
+          ("fast without sub-batches", {"sub_batch": 100000}, {}),
+          ("fast without channels_last", {"channels_last": False}, {}),
+          ("fast + cached first layer", {"first_layer": True}, {})]
+
+
 def w_memory(cfg):
     """A ~100M-parameter MLP: peak resident memory of a 2-D landscape against the parameter bytes."""
     import torch
@@ -273,7 +315,7 @@ def w_memory(cfg):
 
 
 WORKERS = {"matmul": w_matmul, "flops": w_flops, "tutorial": w_tutorial, "loss_landscapes": w_loss_landscapes,
-           "lossmap": w_lossmap, "memory": w_memory}
+           "lossmap": w_lossmap, "memory": w_memory, "lever": w_lever}
 
 
 def worker_main(name: str, cfg: dict) -> None:
@@ -281,6 +323,10 @@ def worker_main(name: str, cfg: dict) -> None:
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    if cfg.get("force_malloc"):
+        from lossmap import _alloc
+
+        _alloc.tune()
     out = WORKERS[name](cfg)
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -296,6 +342,7 @@ def run_worker(name: str, cfg: dict, timeout: float = 3600) -> dict:
 
 def _env(cfg: dict) -> dict:
     env = dict(os.environ)
+    env.update(cfg.get("env", {}))
     if cfg.get("threads"):
         env["OMP_NUM_THREADS"] = str(cfg["threads"])
     return env
@@ -368,7 +415,8 @@ def main(argv=None) -> int:
     p.add_argument("--cli-grid", type=int, default=9, help="points per axis for the whole-process comparison (default 9)")
     p.add_argument("--repeat", type=int, default=1, help="run each contender N times and keep the fastest (default 1)")
     p.add_argument("--quick", action="store_true", help="5×5 grid, 200 samples, 3×3 whole-process grid: a smoke run")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: b, scaling, memory, cli")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: a, b, c, d, levers, scaling, memory, cli")
+    p.add_argument("--vmap", action="store_true", help="also run (e): lossmap with the vmap engine (the GPU default)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/<date>-<host>.json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -397,7 +445,9 @@ def main(argv=None) -> int:
     contenders = [("a", "tutorial loop", "tutorial", {}),
                   ("b", "loss-landscapes 3.0.6", "loss_landscapes", {}),
                   ("c", "lossmap default", "lossmap", {}),
-                  ("d", "lossmap fastest", "lossmap", {"engine": "fast", "chunk": 32})]
+                  ("d", "lossmap fastest", "lossmap", {"engine": "fast"})]
+    if args.vmap:
+        contenders.append(("e", "lossmap vmap", "lossmap", {"engine": "vmap", "chunk": 16}))
     rows = {}
     for key, label, worker, extra in contenders:
         if key in skip:
@@ -434,6 +484,16 @@ def main(argv=None) -> int:
                 r["max_abs_daccuracy_vs_a"] = max_abs_diff(r["accuracy"], rows["a"]["accuracy"])
     res["contenders"] = rows
 
+    if "levers" not in skip:
+        res["levers"] = []
+        for label, opts, extra in LEVERS:
+            env = {k: v for k, v in extra.items() if k.isupper()}
+            cfg = {**base, "options": opts, "env": env, "side": 2 if args.quick else 3,
+                   **{k: v for k, v in extra.items() if not k.isupper()}}
+            r = run_worker("lever", cfg)
+            res["levers"].append({"variant": label, **r})
+            say(f"lever: {label:28s} {r['points_per_s']:6.2f} points/s, {r['cpu_seconds_per_point']:.3f} CPU s/point  "
+                f"{r['features']}")
     if "scaling" not in skip:
         sc_samples = [args.samples // 4, args.samples // 2, args.samples, args.samples * 2]
         sc_grid = [3, 6, 9] if not args.quick else [2, 3, 4]

@@ -25,6 +25,14 @@ from lossmap.space import select_tensors
 RTOL = 1e-6
 
 
+@pytest.fixture
+def cache_any_first_layer(monkeypatch):
+    """Cache the first moved layer whatever its fan-in (the seed's conv1 is below the default)."""
+    import lossmap.evaluate as ev_mod
+
+    monkeypatch.setattr(ev_mod, "FIRST_LAYER_MIN_FAN_IN", 0)
+
+
 @pytest.fixture(scope="module")
 def data():
     return digits("test")
@@ -86,7 +94,7 @@ def grid2(nx=3, ny=4):
     return np.array([[a, b] for a in x for b in y])
 
 
-def test_seed_net_2d_non_square_grid_all_engines(data):
+def test_seed_net_2d_non_square_grid_all_engines(data, cache_any_first_layer):
     ev = evaluators(seed_net(), data)
     assert type(ev["plain"]) is Evaluator
     fast, vm = ev["fast"], ev["vmap"]
@@ -103,7 +111,10 @@ def test_seed_net_2d_non_square_grid_all_engines(data):
     assert "vmap" in vm.features
 
 
-def test_seed_net_1d_through_compute(data):
+@pytest.mark.parametrize("cache", [False, True])
+def test_seed_net_1d_through_compute(data, monkeypatch, cache):
+    if cache:
+        monkeypatch.setattr("lossmap.evaluate.FIRST_LAYER_MIN_FAN_IN", 0)
     kw = dict(x="-0.8:1.2:7", samples=40, batch_size=16, bias="keep", dtype="float64", seed=5)
     plain = compute(seed_net(), data, engine="plain", **kw)
     for engine in ("fast", "vmap", "auto"):
@@ -120,7 +131,9 @@ def test_first_layer_cache_matches_at_each_point_and_uneven_sub_batches(data):
     origin = [t.detach().clone() for t in live.values()]
     d = [[x[n] for n in live] for x in dirs.tensors]
     plain = Evaluator(model, list(live.values()), origin, d, prepare_batches(data, 30, 30, "cpu", torch.float64))
-    fast = FastEvaluator(model, list(live.values()), origin, d, prepare_batches(data, 30, 30, "cpu", torch.float64), sub_batch=7)
+    fast = FastEvaluator(
+        model, list(live.values()), origin, d, prepare_batches(data, 30, 30, "cpu", torch.float64), sub_batch=7, first_layer=True
+    )
     assert [b.size for b in fast.batches] == [6, 6, 6, 6, 6] and "first-layer" in fast.features
     for c in ([0.0, 0.0], [2.5, 0.0], [0.0, -3.0], [0.7, 0.4]):
         assert_same(np.array(fast(c)), np.array(plain(c)))
@@ -136,7 +149,7 @@ def test_float32_default_path_close_to_plain(data):
 
 
 @pytest.mark.parametrize("bn", ["frozen", "recompute"])
-def test_batchnorm_model_both_policies(data, bn):
+def test_batchnorm_model_both_policies(data, bn, cache_any_first_layer):
     model = bn_net(data)
     kw = dict(bn=bn)
     if bn == "recompute":
@@ -150,6 +163,14 @@ def test_batchnorm_model_both_policies(data, bn):
     ref = ev["plain"].evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
         assert_same(ev[engine].evaluate_many(coeffs), ref)
+
+
+def test_seed_conv1_is_not_cached_by_default(data):
+    """Fan-in 9: reading k+1 cached outputs costs more than the convolution (measured), so auto skips it."""
+    ev = evaluators(seed_net(), data, samples=16)
+    assert "first-layer" not in ev["fast"].features and "channels_last" in ev["fast"].features
+    coeffs = grid2(2, 2)
+    assert_same(ev["fast"].evaluate_many(coeffs), ev["plain"].evaluate_many(coeffs))
 
 
 def test_first_moved_layer_after_frozen_prefix(data):
