@@ -264,6 +264,23 @@ def test_output_that_cannot_be_written(env, tmp_path, capsys):
     assert not list(tmp_path.rglob("*.nc"))
 
 
+def test_read_only_output_folder_is_refused_before_computing(env, tmp_path, capsys, monkeypatch):
+    """Also where the tests run as root (who may write anywhere): the check asks os.access."""
+    import lossmap.commands._common as common
+
+    calls = []
+    monkeypatch.setattr(common.os, "access", lambda path, mode: calls.append(str(path)) or False)
+    msg = run_fail(surface_args(env, tmp_path / "o.nc", "--x", "-1:1:3"), capsys)
+    assert f"output folder {str(tmp_path)!r} is not writable" in msg and calls == [str(tmp_path)]
+
+
+def test_demo_refuses_a_file_as_output_folder(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    msg = run_fail(["demo", "--quick", "--out", target], capsys)
+    assert "is a file" in msg and str(target) in msg
+
+
 def test_existing_output_needs_overwrite(env, tmp_path, capsys):
     out = tmp_path / "o.nc"
     run_ok(surface_args(env, out, "--x", "-1:1:3", "--seed", "0"), capsys)
