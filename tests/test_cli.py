@@ -350,3 +350,20 @@ def test_python_m_lossmap_error_is_one_line(env, tmp_path):
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert "does not fit the model" in proc.stderr
+
+
+def test_readme_own_model_example_runs_as_written(tmp_path):
+    """The README's 'your own model' shell block (factory file, .pt checkpoint, npz data) runs unchanged."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Command line"): readme.index("## How to read these plots")]
+    blocks = [b for b in re.findall(r"```\n(.*?)```", section, flags=re.S) if "mynet.py" in b]
+    assert len(blocks) == 1
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""), PYTHONWARNINGS="ignore")
+    proc = subprocess.run(["bash", "-euc", blocks[0]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ds = store.load(tmp_path / "mynet.nc")
+    assert ds.sizes == {"x": 11, "y": 11} and store.meta(ds)["samples"] == 256
+    assert proc.stdout.strip().splitlines()[-1].startswith("wrote mynet.nc (11×11 points; loss ")

@@ -16,9 +16,6 @@ from lossmap.commands.demo import GRIDS
 from lossmap.data import digits
 from lossmap.models import MnistCNN, load_checkpoint
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "lossmap-demo"
@@ -39,6 +36,7 @@ def loss_and_accuracy(checkpoint, samples: int) -> tuple[float, float]:
     return F.cross_entropy(out, y[:samples]).item(), (out.argmax(1) == y[:samples]).double().mean().item()
 
 
+@pytest.mark.slow
 def test_demo_writes_every_file(demo):
     names = {p.name for p in demo.iterdir()}
     for stem in ("interpolation", "slice1d", "plane", "plane_sgd-b8", "plane_adam-b256"):
@@ -56,6 +54,7 @@ def test_demo_writes_every_file(demo):
         assert name in text
 
 
+@pytest.mark.slow
 def test_demo_accuracy_and_checkpoints(demo):
     nums = summary_numbers(demo)
     assert nums["test_accuracy"] > 0.9  # quick mode (one epoch) reaches about 0.955
@@ -65,6 +64,7 @@ def test_demo_accuracy_and_checkpoints(demo):
     assert init_acc < 0.3  # the init checkpoint really is untrained
 
 
+@pytest.mark.slow
 def test_summary_numbers_match_landscapes(demo):
     nums = summary_numbers(demo)
     for key in ("interpolation", "slice1d", "plane"):
@@ -73,6 +73,7 @@ def test_summary_numbers_match_landscapes(demo):
         assert nums[f"{key}_loss_max"] == pytest.approx(float(np.nanmax(loss)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_landscapes_pass_through_the_models(demo):
     samples = GRIDS["quick"].samples
     init_loss, _ = loss_and_accuracy(demo / "init.safetensors", samples)
@@ -91,3 +92,33 @@ def test_landscapes_pass_through_the_models(demo):
     m = store.meta(plane)
     assert (m["normalization"], m["directions_kind"], m["samples"], m["ndim"]) == ("filter", "random", samples, 2)
     assert plane.sizes == {"x": 7, "y": 7}
+
+
+def test_training_is_reproducible_and_leaves_the_callers_rng_alone():
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from lossmap.train import seeded, train
+
+    g = torch.Generator().manual_seed(5)
+    data = TensorDataset(torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g))
+
+    def run(seed):
+        with seeded(seed):
+            net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
+        res = train(net, data, data, epochs=2, batch_size=8, optimizer="sgd", lr=0.1, seed=seed)
+        return net, res
+
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    (a, ra), (b, rb), (c, _) = run(0), run(0), run(1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a[0].weight, c[0].weight)
+    assert ra.epoch_loss == rb.epoch_loss and len(ra.epoch_loss) == 2
+    assert a.training  # the mode is restored
+    # the reported accuracy is recomputed here independently (eval mode: dropout off)
+    a.eval()
+    with torch.no_grad():
+        acc = (a(data.tensors[0]).argmax(1) == data.tensors[1]).double().mean().item()
+    assert ra.train_accuracy == pytest.approx(acc, abs=1e-12)

@@ -97,7 +97,7 @@ def check_positive(value: int | None, option: str) -> None:
         raise LossmapError(f"{option} {value} must be at least 1")
 
 
-def build_model(spec: str, checkpoint: str | None = None, what: str = "--checkpoint"):
+def build_model(spec: str, checkpoint: str | None = None):
     """The model from ``spec`` with ``checkpoint`` (if any) loaded into it."""
     from ..models import load_checkpoint, load_model
 

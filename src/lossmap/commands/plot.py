@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import _common as c
 
 KINDS = ("line", "contour", "contourf", "heatmap", "surface", "all")
 KINDS_2D = ("contour", "contourf", "heatmap", "surface", "line")
