@@ -366,4 +366,6 @@ def test_readme_own_model_example_runs_as_written(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ds = store.load(tmp_path / "mynet.nc")
     assert ds.sizes == {"x": 11, "y": 11} and store.meta(ds)["samples"] == 256
-    assert proc.stdout.strip().splitlines()[-1].startswith("wrote mynet.nc (11×11 points; loss ")
+    wrote, flatness = proc.stdout.strip().splitlines()[-2:]
+    assert wrote.startswith("wrote mynet.nc (11×11 points; loss ")
+    assert flatness.startswith(f"flatness: centre loss {ds.attrs['summary_centre']:.4g}")

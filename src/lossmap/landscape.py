@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from . import __version__, distributed, store
+from . import __version__, distributed, stats, store
 from .directions import Directions, random_directions
 from .errors import LossmapError
 from .evaluate import Batch, describe_data, make_evaluator, prepare_batches
@@ -337,7 +337,7 @@ def compute(
             values, mask = _broadcast(ctx, (values, mask) if primary else None)
         if sink is not None and existing is not None and not pending:
             return store.load(out)
-        return store.partial_dataset(_dataset(grid, names, values, attrs), mask.reshape(grid.shape))
+        return _landscape(grid, names, values, attrs, mask)
     finally:
         guard.close()
 
@@ -560,6 +560,17 @@ def _dataset(grid: Grid, names: list[str], values: np.ndarray, attrs: dict[str, 
     return ds
 
 
+def _landscape(grid: Grid, names: list[str], values: np.ndarray, attrs: dict[str, Any], mask: np.ndarray) -> xr.Dataset:
+    """The landscape as far as it is done; a complete one carries its summary numbers (``summary_*``)."""
+    ds = store.partial_dataset(_dataset(grid, names, values, attrs), mask.reshape(grid.shape))
+    if mask.all() and "loss" in ds:
+        try:
+            stats.attach(ds)
+        except LossmapError as exc:  # e.g. no finite loss anywhere: the values are still worth keeping
+            log.warning("no summary numbers: %s", exc)
+    return ds
+
+
 class _Sink:
     """The output file of a running computation: what is done, and when it was last written."""
 
@@ -596,7 +607,7 @@ class _Sink:
         attrs = dict(self.attrs)
         attrs["seconds"] = round(self.base_seconds + self.elapsed, 3)
         done = int(self.mask.sum())
-        ds = store.partial_dataset(_dataset(self.grid, self.names, self.values, attrs), self.mask.reshape(self.grid.shape))
+        ds = _landscape(self.grid, self.names, self.values, attrs, self.mask)
         store.save(ds, self.path)
         self.saved, self.last = done, time.monotonic()
         log.info("saved %d of %d points to %s", done, self.mask.size, self.path)

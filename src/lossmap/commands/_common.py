@@ -129,7 +129,23 @@ def summary_line(ds, path: str | Path, seconds: float) -> str:
     parts = []
     for name in ds.data_vars:
         parts.append(f"{name} {range_text(ds[name].values)}")
-    return f"wrote {path} ({shape} points; {'; '.join(parts)}; {seconds:.1f} s)"
+    line = f"wrote {path} ({shape} points; {'; '.join(parts)}; {seconds:.1f} s)"
+    return line + flatness_text(ds)
+
+
+def flatness_text(ds) -> str:
+    """The summary numbers stored with a complete landscape (see lossmap.stats), as a second line."""
+    a = ds.attrs
+    if "summary_centre" not in a:
+        return ""
+    radii = [(k, a[f"summary_rise_radius_{k}"]) for k in ("xpos", "xneg", "ypos", "yneg") if f"summary_rise_radius_{k}" in a]
+    radius = "/".join("–" if v != v else f"{v:.3g}" for _, v in radii)
+    signs = "/".join({"xpos": "+x", "xneg": "−x", "ypos": "+y", "yneg": "−y"}[k] for k, _ in radii)
+    return (
+        f"\nflatness: centre {a['summary_metric']} {a['summary_centre']:.4g}; rise by {a['summary_rise']:.3g} "
+        f"reached at radius {signs} {radius} (– never); mean rise within radius {a['summary_ball_radius']:.3g}: "
+        f"{a['summary_ball_mean_increase']:.4g}"
+    )
 
 
 class Timer:
