@@ -239,7 +239,7 @@ def _features(model, x, y, d, kw):
     live = select_tensors(model)
     origin = [t.detach().clone() for t in live.values()]
     dirs = [[t[n] for n in live] for t in d.tensors]
-    batches = prepare_batches((x[:64], y[:64]), 256, device=kw.get("device", "cpu"))
+    batches = prepare_batches((x, y), kw.get("batch_size", 256), device=kw.get("device", "cpu"))
     if kw.get("device", "cpu") != "cpu":
         return [f"{kw.get('engine', 'auto')} on {kw['device']}"]
     ev = make_evaluator(model, list(live.values()), origin, dirs, batches, engine=kw.get("engine", "auto"))
