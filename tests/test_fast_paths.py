@@ -328,3 +328,23 @@ def test_a_model_the_fast_path_cannot_drive_gets_the_plain_loop(data, monkeypatc
     monkeypatch.setattr(ev_mod.FastEvaluator, "__init__", broken)
     ev = evaluators(seed_net(), data, samples=8)
     assert type(ev["fast"]) is Evaluator and type(ev["vmap"]) is Evaluator
+
+
+def test_moving_batchnorm_buffers_too(data):
+    """include_buffers: the running statistics move with the parameters, on every engine."""
+    model = bn_net(data).double()
+    dirs = random_directions(model, 2, seed=7, bias="keep", include_buffers=True)
+    live = select_tensors(model, include_buffers=True)
+    assert any("running_mean" in n for n in live)
+    origin = [t.detach().clone() for t in live.values()]
+    d = [[x[n] for n in live] for x in dirs.tensors]
+    ev = {
+        e: make_evaluator(model, list(live.values()), origin, d, prepare_batches(data, 20, 40, "cpu", torch.float64), engine=e)
+        for e in ("plain", "fast", "vmap")
+    }
+    assert "vmap" in ev["vmap"].features
+    coeffs = grid2(2, 2) * 0.3  # running variances stay positive
+    ref = ev["plain"].evaluate_many(coeffs)
+    for engine in ("fast", "vmap"):
+        assert_same(ev[engine].evaluate_many(coeffs), ref)
+    assert "vmap" in ev["vmap"].features  # batched, not fallen back
