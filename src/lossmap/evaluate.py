@@ -305,6 +305,9 @@ class Evaluator:
 #   stacked parameters; on a CPU one point already fills the cores with 1,000 samples and the
 #   grouped convolutions vmap produces are slower, so it is the GPU default only.
 # * ``torch.inference_mode`` everywhere; parameters written with foreach kernels (``write_point``).
+# * tried and not kept: ``torch.compile`` (26 s to compile, no measurable gain); two points at once on
+#   one thread each with a model replica (10.8 -> 11.0 points/s, not worth a second model copy);
+#   pooling before ReLU (same time; max-pool of NHWC data is already cheap).
 # --------------------------------------------------------------------------------------------
 
 ENGINES = ("auto", "plain", "fast", "vmap")
