@@ -348,3 +348,26 @@ def test_moving_batchnorm_buffers_too(data):
     for engine in ("fast", "vmap"):
         assert_same(ev[engine].evaluate_many(coeffs), ref)
     assert "vmap" in ev["vmap"].features  # batched, not fallen back
+
+
+def test_conv_weight_shared_by_two_modules(data):
+    """One weight, two Conv2d modules: its channels_last copy is one tensor, written once per point."""
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 1, 3, padding=1)
+            self.c2 = nn.Conv2d(1, 1, 3, padding=1)
+            self.c2.weight = self.c1.weight
+            self.fc = nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.tanh(self.c2(torch.tanh(self.c1(x)))), 1))
+
+    torch.manual_seed(6)
+    ev = evaluators(Tied(), data, samples=24)
+    assert "channels_last" in ev["fast"].features
+    coeffs = grid2(2, 2)
+    ref = ev["plain"].evaluate_many(coeffs)
+    for engine in ("fast", "vmap"):
+        assert_same(ev[engine].evaluate_many(coeffs), ref)

@@ -443,7 +443,6 @@ class FastEvaluator(Evaluator):
         self._first: _FirstLayer | None = None
         self._overrides: dict[str, torch.Tensor] = {}
         self._user_live = list(self.live)
-        self._probe_batch = self.batches[0]
 
         # sub-batches sized by the largest activation per sample
         simple = self.loss_fn is None and not self.extra and all(isinstance(b.inputs, torch.Tensor) for b in self.batches)
@@ -460,14 +459,15 @@ class FastEvaluator(Evaluator):
             channels_last = device.type == "cpu"
         if channels_last:
             live_ids = {id(t): i for i, t in enumerate(self.live)}
-            for m_name, m in self.model.named_modules():
+            copies: dict[int, torch.Tensor] = {}  # one copy per tensor, also when modules share a weight
+            for m_name, m in self.model.named_modules(remove_duplicate=False):
                 if isinstance(m, nn.Conv2d) and m.weight is not None and m.weight.dim() == 4:
                     w = m.weight
-                    name = f"{m_name}.weight" if m_name else "weight"
-                    copy_ = w.detach().clone(memory_format=torch.channels_last)
-                    if id(w) in live_ids:
-                        self.live[live_ids[id(w)]] = copy_
-                    self._overrides[name] = copy_
+                    if id(w) not in copies:
+                        copies[id(w)] = w.detach().clone(memory_format=torch.channels_last)
+                        if id(w) in live_ids:
+                            self.live[live_ids[id(w)]] = copies[id(w)]
+                    self._overrides[f"{m_name}.weight" if m_name else "weight"] = copies[id(w)]
             if self._overrides:
                 self.features.append("channels_last")
                 self.batches = [self._channels_last_batch(b) for b in self.batches]
