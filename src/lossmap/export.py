@@ -20,13 +20,13 @@ obj and stl store geometry only.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import meshio
 import numpy as np
 import xarray as xr
 
+from . import store
 from .errors import LossmapError
 
 __all__ = ["export_mesh", "surface_z", "grid_mesh", "FORMATS"]
@@ -129,16 +129,6 @@ def export_mesh(
         point_data["valid"] = valid.ravel().astype(np.uint8)
     mesh = meshio.Mesh(points, [("triangle", triangles)], point_data=point_data)
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        kwargs = {"binary": True} if format == "stl" else {}
-        meshio.write(tmp, mesh, file_format=meshio_format, **kwargs)
-        os.replace(tmp, path)
-    except PermissionError as exc:
-        raise LossmapError(f"cannot write {str(path)!r}: permission denied; choose another --out") from exc
-    except OSError as exc:
-        raise LossmapError(f"cannot write {str(path)!r}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with store.atomic_path(path) as tmp:
+        meshio.write(tmp, mesh, file_format=meshio_format, **({"binary": True} if format == "stl" else {}))
     return path

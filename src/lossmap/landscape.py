@@ -6,7 +6,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import platform
 import signal
 import sys
@@ -537,15 +536,8 @@ def _open_existing(
 def _save_directions(directions: Directions, path: Path) -> Path:
     """Write the directions beside ``path`` atomically (temporary file + rename)."""
     dpath = store.directions_path(path)
-    tmp = dpath.with_name(f".{dpath.name}.{os.getpid()}.tmp")
-    try:
+    with store.atomic_path(dpath) as tmp:
         directions.save(tmp)
-        os.replace(tmp, dpath)
-    except OSError as exc:
-        raise LossmapError(f"cannot write directions file {str(dpath)!r}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dpath
 
 

@@ -44,7 +44,7 @@ DONE = "done"
 
 __all__ = [
     "save", "load", "meta", "validate", "FORMAT", "FORMAT_VERSION", "JSON_ATTRS", "DONE", "encode_attrs",
-    "directions_path", "done_mask", "progress", "is_complete", "partial_dataset", "remove_stale_temporaries",
+    "directions_path", "atomic_path", "done_mask", "progress", "is_complete", "partial_dataset", "remove_stale_temporaries",
     "writer_lock",
 ]
 
@@ -91,12 +91,25 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
         raise LossmapError(f"output folder {str(path.parent)!r} does not exist: create it or choose another --out")
     out = ds.copy()
     out.attrs = encode_attrs(ds.attrs)
+    with atomic_path(path, durable=True) as tmp:
+        out.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=False)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
+    """Write to the yielded temporary path beside ``path``; on success it replaces ``path`` in one
+    rename, so readers and crashes see the old file or the new one, never half of one. ``durable``
+    also syncs the file and its folder to disk. Failures become LossmapError naming ``path``."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        out.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=False)
-        _fsync(tmp)
+        yield tmp
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
+        if durable:
+            _fsync(path.parent, directory=True)
     except PermissionError as exc:
         raise LossmapError(f"cannot write {str(path)!r}: permission denied; choose another --out") from exc
     except OSError as exc:
@@ -104,7 +117,6 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
 
 
 def _fsync(path: Path, directory: bool = False) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +31,7 @@ import plotly.io as pio
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from .. import stats
+from .. import stats, store
 from ..errors import LossmapError
 from ..store import meta
 
@@ -507,15 +506,6 @@ def write_report(
     if not path.parent.is_dir():
         raise LossmapError(f"output folder {str(path.parent)!r} does not exist: create it or choose another --out")
     text = report_html(datasets, titles, metric=metric, log=log, levels=levels, rise=rise)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with store.atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except PermissionError as exc:
-        raise LossmapError(f"cannot write {str(path)!r}: permission denied; choose another --out") from exc
-    except OSError as exc:
-        raise LossmapError(f"cannot write {str(path)!r}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
