@@ -210,11 +210,17 @@ def normalize(
     bias: str = "zero",
 ) -> dict[str, torch.Tensor]:
     """Return a normalized copy of ``direction`` relative to ``origin`` (see the module docstring)."""
+    return _normalize_({n: d.detach().clone() for n, d in direction.items()}, origin, normalization, bias)
+
+
+@torch.no_grad()
+def _normalize_(
+    direction: dict[str, torch.Tensor], origin: Mapping[str, torch.Tensor], normalization: str, bias: str
+) -> dict[str, torch.Tensor]:
+    """:func:`normalize` in place (no copy of the direction: large models keep one copy per direction)."""
     _check_choice(normalization, NORMALIZATIONS, "normalization")
     _check_choice(bias, BIAS_POLICIES, "bias policy")
-    out: dict[str, torch.Tensor] = {}
     for name, d in direction.items():
-        d = d.detach().clone()
         w = origin[name].detach().to(d.dtype)
         if d.dim() <= 1 and bias == "zero":
             d.zero_()
@@ -228,14 +234,13 @@ def normalize(
                 d.mul_(scale)
             else:
                 d.mul_(w.norm() / (d.norm() + _EPS))
-        out[name] = d
     if normalization == "model":
-        moving = [n for n, d in out.items() if not (d.dim() <= 1 and bias == "zero")]
+        moving = [n for n, d in direction.items() if not (d.dim() <= 1 and bias == "zero")]
         w_norm = _norm({n: origin[n] for n in moving})
-        d_norm = _norm({n: out[n] for n in moving})
+        d_norm = _norm({n: direction[n] for n in moving})
         for n in moving:
-            out[n].mul_(w_norm / (d_norm + _EPS))
-    return out
+            direction[n].mul_(w_norm / (d_norm + _EPS))
+    return direction
 
 
 def _origin_of(model_or_state: nn.Module | Mapping[str, torch.Tensor], include_buffers: bool, tensor_filter) -> dict[str, torch.Tensor]:
@@ -268,11 +273,10 @@ def random_directions(
     origin = _origin_of(model, include_buffers, tensor_filter)
     check_finite(origin)
     gen = torch.Generator().manual_seed(int(seed))
-    raw = [
-        {n: torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.dtype) for n, t in origin.items()}
-        for _ in range(count)
-    ]
-    dirs = [normalize({n: d.to(origin[n].device) for n, d in r.items()}, origin, normalization, bias) for r in raw]
+    dirs = []
+    for _ in range(count):  # one direction at a time, normalized in place: no second copy of it
+        draw = {n: torch.randn(t.shape, generator=gen, dtype=torch.float32).to(device=t.device, dtype=t.dtype) for n, t in origin.items()}
+        dirs.append(_normalize_(draw, origin, normalization, bias))
     if orthogonalize and count == 2:
         d0, d1 = dirs
         n0sq, n1 = _dot(d0, d0), _norm(d1)
