@@ -112,7 +112,7 @@ def compute(
     progress: bool = False,
     out: str | Path | None = None,
     overwrite: bool = False,
-    chunk: int = 8,
+    chunk: int | None = None,
     engine: str = "auto",
     flush_every: int = 256,
     flush_seconds: float = 10.0,
@@ -132,7 +132,8 @@ def compute(
     raises :class:`Interrupted`; while ``compute`` runs in the main thread, SIGTERM does the same
     (:class:`Terminated`).
 
-    Points are evaluated in chunks of ``chunk`` points of the grid's serpentine order (the file is written
+    Points are evaluated in chunks of ``chunk`` points (default: what suits the evaluator — 8, or one
+    ``vmap`` batch on a GPU) of the grid's serpentine order (the file is written
     between chunks); a chunk always holds the same points — a resumed run keeps the file's ``chunk`` —
     so a resumed run gives the same values bit for bit as an uninterrupted one.
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the chunks are shared among the ranks and rank 0 writes
@@ -140,13 +141,12 @@ def compute(
     """
     grid = Grid.from_specs(x, y)
     dtype = _dtype(dtype)
-    if int(chunk) < 1:
+    if chunk is not None and int(chunk) < 1:
         raise LossmapError(f"chunk {chunk!r} must be at least 1 point")
     if int(flush_every) < 1:
         raise LossmapError(f"flush every {flush_every!r} points: must be at least 1")
     if not float(flush_seconds) >= 0:
         raise LossmapError(f"flush every {flush_seconds!r} seconds: must be 0 or more")
-    chunk = int(chunk)
     if out is not None:
         out = Path(out)
         if not out.parent.is_dir():
@@ -189,6 +189,8 @@ def compute(
             evaluator = make_evaluator(
                 work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine
             )
+            # the evaluator knows how many points per call suit it (vmap: several per forward)
+            chunk = evaluator.preferred_chunk if chunk is None else int(chunk)
             names = evaluator.metric_names
             description = data_description or describe_data(data, batches)
             settings = _settings(
