@@ -34,13 +34,15 @@ from plotly.subplots import make_subplots
 from .. import stats, store
 from ..errors import LossmapError
 from ..store import meta
+from .scale import ROBUST_PERCENTILE
+from .scale import higher_is_better as _higher_is_better
+from .scale import is_2d as _is_2d
+from .scale import log_floor as _log_floor
 
 __all__ = ["write_report", "landscape_figures", "comparison_figures", "report_html", "shared_range", "DEFAULT_LEVELS"]
 
 #: number of contour levels
 DEFAULT_LEVELS = 15
-#: percentile used for the upper end of loss-like colour ranges
-ROBUST_PERCENTILE = 95.0
 COLORSCALE = "Viridis"
 _PLOT_CONFIG = {"displaylogo": False}
 #: width of the surface and contour figures, drawn side by side when the window is wide enough
@@ -50,10 +52,6 @@ PANEL_WIDTH = 640
 # ---------------------------------------------------------------------------------------------------------
 # values and ranges
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _is_2d(ds: xr.Dataset) -> bool:
-    return "y" in ds.dims
 
 
 def _metrics(ds: xr.Dataset) -> list[str]:
@@ -74,10 +72,6 @@ def _values(ds: xr.Dataset, metric: str) -> np.ndarray:
     return np.asarray(ds[metric].transpose(*dims).values, dtype=np.float64)
 
 
-def _higher_is_better(metric: str) -> bool:
-    return "acc" in metric.lower()
-
-
 def _display(values: np.ndarray, log: bool, floor: float | None) -> np.ndarray:
     """What is drawn: the values (log10 of them, floored), non-finite -> NaN."""
     v = np.where(np.isfinite(values), values, np.nan)
@@ -85,14 +79,6 @@ def _display(values: np.ndarray, log: bool, floor: float | None) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             v = np.log10(np.maximum(v, floor))
     return v
-
-
-def _log_floor(arrays: Sequence[np.ndarray], metric: str) -> float:
-    pos = [a[np.isfinite(a) & (a > 0)] for a in arrays]
-    pos = [p for p in pos if p.size]
-    if not pos:
-        raise LossmapError(f"a log scale needs positive values but metric {metric!r} has none: drop log")
-    return float(min(p.min() for p in pos))
 
 
 def shared_range(arrays: Sequence[np.ndarray], metric: str, log: bool = False) -> tuple[float, float, float | None]:

@@ -27,7 +27,7 @@ Conventions shared by all plots:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,10 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from ..errors import LossmapError
+from .scale import ROBUST_PERCENTILE
+from .scale import higher_is_better as _higher_is_better
+from .scale import is_2d as _is_2d
+from .scale import log_floor as _log_floor
 from ..store import meta as _decode_meta
 
 __all__ = [
@@ -61,7 +65,6 @@ __all__ = [
 #: file formats :func:`save_figure` writes
 FORMATS = ("png", "pdf", "svg")
 #: percentile of the finite values used as the default upper end of colour ranges and the surface clip
-ROBUST_PERCENTILE = 95.0
 #: number of contour levels when ``levels`` is not given
 DEFAULT_LEVELS = 15
 PNG_DPI = 150
@@ -75,10 +78,6 @@ MAX_EQUAL_ASPECT_RATIO = 4.0
 # --------------------------------------------------------------------------------------------------------
 
 
-def _is_2d(ds: xr.Dataset) -> bool:
-    return "y" in ds.dims
-
-
 def _metric_names(ds: xr.Dataset) -> list[str]:
     listed = _decode_meta(ds).get("metrics")
     if isinstance(listed, list) and listed:
@@ -87,10 +86,6 @@ def _metric_names(ds: xr.Dataset) -> list[str]:
             return names
     dims = {("x",), ("x", "y"), ("y", "x")}
     return [str(n) for n, v in ds.data_vars.items() if tuple(v.dims) in dims]
-
-
-def _higher_is_better(metric: str) -> bool:
-    return "acc" in metric.lower()
 
 
 def _raw(ds: xr.Dataset, metric: str) -> np.ndarray:
@@ -109,14 +104,6 @@ def _raw(ds: xr.Dataset, metric: str) -> np.ndarray:
             "the landscape was not evaluated or diverged everywhere; recompute it or plot another metric"
         )
     return values
-
-
-def _log_floor(arrays: Iterable[np.ndarray], metric: str) -> float:
-    positives = [a[np.isfinite(a) & (a > 0)] for a in arrays]
-    positives = [p for p in positives if p.size]
-    if not positives:
-        raise LossmapError(f"log scale needs positive values but metric {metric!r} has none: plot it without --log")
-    return float(min(p.min() for p in positives))
 
 
 def _apply_floor(values: np.ndarray, floor: float) -> np.ndarray:
