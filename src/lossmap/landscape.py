@@ -51,6 +51,7 @@ SETTINGS_FIELDS = {
     "bn_policy": "batch-norm policy",
     "bn_data_sha256": "batch-norm data (hash)",
     "dtype": "dtype",
+    "tf32": "TF32 on the GPU",
 }
 
 
@@ -114,6 +115,7 @@ def compute(
     overwrite: bool = False,
     chunk: int | None = None,
     engine: str = "auto",
+    tf32: bool = False,
     flush_every: int = 256,
     flush_seconds: float = 10.0,
 ) -> xr.Dataset:
@@ -178,7 +180,7 @@ def compute(
 
     guard = ExitStack()  # the output file's lock, held until the last write
     try:
-        with borrow(model, device, dtype) as lease, _sigterm_raises(out is not None):
+        with borrow(model, device, dtype) as lease, _sigterm_raises(out is not None), _precision(device, tf32):
             work = lease.model
             live = select_tensors(work, include_buffers, tensor_filter)
             origin = lease.origin(live)
@@ -193,9 +195,11 @@ def compute(
             chunk = evaluator.preferred_chunk if chunk is None else int(chunk)
             names = evaluator.metric_names
             description = data_description or describe_data(data, batches)
+            use_tf32 = bool(tf32) and ref.device.type == "cuda"
+            tf32_error = _tf32_error(evaluator, grid.ndim) if use_tf32 else None
             settings = _settings(
                 grid, directions, theta0_hash, description, batches, int(evaluator.total), names, bn,
-                bn_batches if bn == "recompute" else None, str(ref.dtype).replace("torch.", ""),
+                bn_batches if bn == "recompute" else None, str(ref.dtype).replace("torch.", ""), use_tf32,
             )
             attrs: dict[str, Any] = {
                 "lossmap_format": store.FORMAT,
@@ -216,6 +220,8 @@ def compute(
                 "y_label": (directions.labels[1] if len(directions.labels) > 1 else "β") if grid.ndim == 2 else "",
                 "dtype": str(ref.dtype).replace("torch.", ""),
                 "device": str(ref.device),
+                "tf32": use_tf32,
+                **({} if tf32_error is None else {"tf32_centre_rel_error": tf32_error}),
                 "ranks": 1 if ctx is None else ctx.world,
                 "seconds": 0.0,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -439,7 +445,7 @@ def _directions_hash(directions: Directions, count: int) -> str:
 
 def _settings(
     grid: Grid, directions: Directions, theta0_hash: str, description: str, batches: Sequence[Batch],
-    samples: int, names: list[str], bn: str, bn_batches: Sequence[Batch] | None, dtype: str,
+    samples: int, names: list[str], bn: str, bn_batches: Sequence[Batch] | None, dtype: str, tf32: bool = False,
 ) -> dict[str, Any]:
     meta = directions.metadata()
     settings = {
@@ -461,6 +467,7 @@ def _settings(
         "bn_policy": bn,
         "bn_data_sha256": _batches_hash(bn_batches),
         "dtype": dtype,
+        "tf32": bool(tf32),
     }
     return json.loads(json.dumps(settings))  # the form it has after a round trip through the file
 
@@ -552,6 +559,31 @@ def _dataset(grid: Grid, names: list[str], values: np.ndarray, attrs: dict[str, 
     if grid.ndim == 2:
         ds["y"].attrs["long_name"] = attrs["y_label"]
     return ds
+
+
+@contextmanager
+def _precision(device: str | torch.device, tf32: bool) -> Iterator[None]:
+    """On CUDA, TF32 matmuls and convolutions only when asked for (cuDNN allows TF32 convolutions by
+    default, a ~1e-3 relative error); the global flags are restored afterwards."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _tf32_error(evaluator: Any, ndim: int) -> float:
+    """Largest relative difference of the metrics at the centre between TF32 and full fp32."""
+    centre = np.zeros((1, ndim))
+    fast = evaluator.evaluate_many(centre)
+    with _precision("cuda", False):
+        exact = evaluator.evaluate_many(centre)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.nanmax(np.abs(fast - exact) / np.maximum(np.abs(exact), 1e-30)))
 
 
 def _landscape(grid: Grid, names: list[str], values: np.ndarray, attrs: dict[str, Any], mask: np.ndarray) -> xr.Dataset:

@@ -41,6 +41,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, help="evaluate in this precision (default: the model's)")
+    p.add_argument("--tf32", action="store_true",
+                   help="on CUDA, allow TF32 matmuls/convolutions (faster, ~1e-3 relative error; the error at the "
+                        "centre is stored in the file)")
     p.add_argument("--bn", choices=("frozen", "recompute"), default="frozen",
                    help="batch-norm statistics: frozen running stats (default) or re-estimated at every point")
     p.add_argument("--include-buffers", action="store_true",

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: model(s) {', '.join(outside)} lie outside the grid; widen --x/--y to see them", file=sys.stderr)
     with c.Timer() as t:
         ds = compute(
-            a, data, x=args.x, y=y, directions=directions, bn=args.bn, device=device, dtype=args.dtype,
+            a, data, x=args.x, y=y, directions=directions, bn=args.bn, tf32=args.tf32, device=device, dtype=args.dtype,
             batch_size=args.batch_size, samples=args.samples, data_description=args.data, progress=True,
             out=out, overwrite=args.overwrite,
             flush_every=args.flush_every, flush_seconds=args.flush_seconds,

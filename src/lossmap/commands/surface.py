@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         ds = compute(
             model, data, x=args.x, y=args.y, directions=directions, seed=args.seed,
             normalization=args.normalization, bias=args.bias, orthogonalize=args.orthogonalize,
-            include_buffers=args.include_buffers, tensor_filter=args.tensors, bn=args.bn,
+            include_buffers=args.include_buffers, tensor_filter=args.tensors, bn=args.bn, tf32=args.tf32,
             device=device, dtype=args.dtype, batch_size=args.batch_size, samples=args.samples,
             data_description=args.data, progress=True, out=out, overwrite=args.overwrite,
             flush_every=args.flush_every, flush_seconds=args.flush_seconds,
