@@ -209,17 +209,11 @@ class Evaluator:
         self.bn_batches = list(bn_batches) if bn_batches is not None else self.batches
         self.bn_modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.forward = forward
-        device = self.origin[0].device
-        self._acc = torch.zeros(self.n_metrics, dtype=torch.float64, device=device)
-
-    @property
-    def metric_names(self) -> list[str]:
-        names = ["loss"] + (["accuracy"] if self.accuracy else [])
-        return names + [n for n in self.extra if n not in names]
-
-    @property
-    def n_metrics(self) -> int:
-        return len(self.metric_names)
+        base = ["loss"] + (["accuracy"] if self.accuracy else [])
+        self.metric_names = base + [n for n in self.extra if n not in base]
+        self.n_metrics = len(self.metric_names)
+        self._extra_names = self.metric_names[len(base):]
+        self._acc = torch.zeros(self.n_metrics, dtype=torch.float64, device=self.origin[0].device)
 
     def _run(self, b: Batch) -> torch.Tensor:
         return self.model(b.inputs) if self.forward is None else self.forward(self.model, b.raw)
@@ -241,6 +235,7 @@ class Evaluator:
 
     def __call__(self, coeffs: Sequence[float]) -> list[float]:
         """Metrics (in ``metric_names`` order) at θ0 + Σ coeffs[i]·d[i]."""
+        coeffs = [float(c) for c in coeffs]
         write_point(self.live, self.origin, self.directions, coeffs)
         self.model.eval()
         if self.bn == "recompute" and self.bn_modules:
@@ -248,9 +243,13 @@ class Evaluator:
         acc = self._acc
         acc.zero_()
         with torch.inference_mode():
-            for b in self.batches:
-                self._accumulate(acc, self._run(b), b)
+            for j, b in enumerate(self.batches):
+                self._accumulate(acc, self._output(j, b, coeffs), b)
         return (acc / self.total).tolist()
+
+    def _output(self, j: int, b: Batch, coeffs: Sequence[float]) -> torch.Tensor:
+        """The model's output on batch ``j`` at the point just written (fast paths override this)."""
+        return self._run(b)
 
     def _accumulate(self, acc: torch.Tensor, out: torch.Tensor, b: Batch) -> None:
         """Add one batch's metric sums (loss, accuracy, extras) to ``acc``."""
@@ -258,13 +257,10 @@ class Evaluator:
             acc[0] += _default_loss(out, b.targets).double()
         else:
             acc[0] += torch.as_tensor(self.loss_fn(out, b.raw)).double() * b.size
-        k = 1
         if self.accuracy:
             acc[1] += (out.argmax(dim=1) == b.targets).sum()
-            k = 2
-        for name in self.metric_names[k:]:
+        for k, name in enumerate(self._extra_names, start=self.n_metrics - len(self._extra_names)):
             acc[k] += torch.as_tensor(self.extra[name](out, b.raw)).double() * b.size
-            k += 1
 
     def evaluate_many(self, coeffs: np.ndarray) -> np.ndarray:
         """Metrics at several points: ``coeffs`` is ``(points, ndim)``, the result ``(points, n_metrics)``.
@@ -544,7 +540,7 @@ class FastEvaluator(Evaluator):
             handles = [m.register_forward_pre_hook(pre) for m in modules]
             try:
                 with torch.inference_mode():
-                    out = self._forward(self._probe_input())
+                    out = self._forward(self.batches[0].inputs)
             finally:
                 for h in handles:
                     h.remove()
@@ -635,31 +631,18 @@ class FastEvaluator(Evaluator):
         write_point(self.live, self.origin, self.directions, zero)
         return layer
 
-    def _probe_input(self) -> torch.Tensor:
-        b = self.batches[0]
-        return b.inputs
-
     # -- evaluation ----------------------------------------------------------------------------
-    def __call__(self, coeffs: Sequence[float]) -> list[float]:
-        coeffs = [float(c) for c in coeffs]
-        write_point(self.live, self.origin, self.directions, coeffs)
-        self.model.eval()
-        acc = self._acc
-        acc.zero_()
+    def _output(self, j: int, b: Batch, coeffs: Sequence[float]) -> torch.Tensor:
         first = self._first
-        if first is not None:
-            first.install()
+        if first is None:
+            return self._forward(b.inputs)
+        first.prepare(j, coeffs)  # the first layer's output at this point, from its cached parts
+        first.install()
         try:
-            with torch.inference_mode():
-                for j, b in enumerate(self.batches):
-                    if first is not None:
-                        first.prepare(j, coeffs)
-                    self._accumulate(acc, self._forward(b.inputs), b)
+            return self._forward(b.inputs)
         finally:
-            if first is not None:
-                first.remove()
-                first.current = None
-        return (acc / self.total).tolist()
+            first.remove()
+            first.current = None
 
 
 class VmapEvaluator(FastEvaluator):
@@ -748,20 +731,8 @@ class VmapEvaluator(FastEvaluator):
         return out
 
 
-def make_evaluator(
-    model: nn.Module,
-    live: Sequence[torch.Tensor],
-    origin: Sequence[torch.Tensor],
-    directions: Sequence[Sequence[torch.Tensor]],
-    batches: Sequence[Batch],
-    loss_fn: LossFn | None = None,
-    metrics: Mapping[str, MetricFn] | None = None,
-    bn: str = "frozen",
-    bn_batches: Sequence[Batch] | None = None,
-    forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-    engine: str = "auto",
-) -> Evaluator:
-    """The evaluator for these settings.
+def make_evaluator(*args: Any, engine: str = "auto", **kwargs: Any) -> Evaluator:
+    """The evaluator for these settings: :class:`Evaluator`'s arguments plus ``engine``.
 
     ``engine``: ``plain`` (the reference loop), ``fast`` (exact CPU/GPU speed-ups, one point per
     forward), ``vmap`` (several points per forward) or ``auto`` (``vmap`` on CUDA, ``fast``
@@ -770,14 +741,13 @@ def make_evaluator(
     """
     if engine not in ENGINES:
         raise LossmapError(f"engine {engine!r} is unknown: choose one of {', '.join(ENGINES)}")
-    args = (model, live, origin, directions, batches, loss_fn, metrics, bn, bn_batches, forward)
-    plain = Evaluator(*args)
-    if engine == "plain" or forward is not None or (bn == "recompute" and plain.bn_modules):
+    plain = Evaluator(*args, **kwargs)
+    if engine == "plain" or plain.forward is not None or (plain.bn == "recompute" and plain.bn_modules):
         return plain
     if engine == "auto":
-        engine = "vmap" if origin[0].device.type == "cuda" else "fast"
+        engine = "vmap" if plain.origin[0].device.type == "cuda" else "fast"
     try:
-        return VmapEvaluator(*args) if engine == "vmap" else FastEvaluator(*args)
+        return VmapEvaluator(*args, **kwargs) if engine == "vmap" else FastEvaluator(*args, **kwargs)
     except LossmapError:
         raise
     except Exception:  # a model the fast paths cannot drive (scripted, exotic hooks…): the plain loop

@@ -189,7 +189,7 @@ def compute(
             batches = prepare_batches(data, batch_size, samples, ref.device, dtype)
             bn_batches = None if bn_data is None else prepare_batches(bn_data, batch_size, None, ref.device, dtype)
             evaluator = make_evaluator(
-                work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine
+                work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine=engine
             )
             # the evaluator knows how many points per call suit it (vmap: several per forward)
             chunk = evaluator.preferred_chunk if chunk is None else int(chunk)
