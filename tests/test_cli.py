@@ -369,3 +369,13 @@ def test_readme_own_model_example_runs_as_written(tmp_path):
     wrote, flatness = proc.stdout.strip().splitlines()[-2:]
     assert wrote.startswith("wrote mynet.nc (11×11 points; loss ")
     assert flatness.startswith(f"flatness: centre loss {ds.attrs['summary_centre']:.4g}")
+
+
+def test_plot_all_on_a_single_row_plane_draws_what_applies(tmp_path, capsys):
+    """A 9×1 plane has no contours or surface: `plot` writes the heatmap and the line, exit 0."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    path = tmp_path / "row.nc"
+    lossmap.compute(model, (torch.randn(20, 4), torch.randint(0, 3, (20,))), "-1:1:9", [0.0], out=path)
+    assert main(["plot", str(path), "--format", "png"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("row_*.png")) == ["row_heatmap.png", "row_line.png"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 
 KINDS = ("line", "contour", "contourf", "heatmap", "surface", "all")
-KINDS_2D = ("contour", "contourf", "heatmap", "surface", "line")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,17 +32,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PATH", help="output stem or file (default: beside FILE.nc)")
     p.set_defaults(func=run)
     return p
-
-
-def _figure(static, ds, kind: str, args: argparse.Namespace):
-    if kind == "line":
-        return static.plot_line(ds, log=args.log)[0]
-    if kind in ("contour", "contourf"):
-        return static.plot_contour(ds, metric=args.metric, log=args.log, levels=args.levels,
-                                   vmin=args.vmin, vmax=args.vmax, filled=kind == "contourf")[0]
-    if kind == "heatmap":
-        return static.plot_heatmap(ds, metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax)[0]
-    return static.plot_surface(ds, metric=args.metric, log=args.log, vmin=args.vmin, vmax=args.vmax)[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise LossmapError(f"output folder {str(folder)!r} does not exist: create it or choose another --out")
 
-    kinds = (KINDS_2D if two_d else ("line",)) if args.kind == "all" else (args.kind,)
-    written: list[Path] = []
-    for kind in kinds:
-        fig = _figure(static, ds, kind, args)
-        target = out if single_file else out.with_name(f"{out.name}_{kind}")
-        written += static.save_figure(fig, target, formats)
+    options = dict(metric=args.metric, log=args.log, levels=args.levels, vmin=args.vmin, vmax=args.vmax)
+    if args.kind == "all":
+        written = static.plot_all(ds, out, formats, **options)
+    else:
+        fig = static.figure(ds, args.kind, **options)
+        written = static.save_figure(fig, out if single_file else out.with_name(f"{out.name}_{args.kind}"), formats)
     for path in written:
         print(f"wrote {path}")
     return 0

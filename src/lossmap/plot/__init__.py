@@ -1,31 +1,20 @@
 """Figures of landscapes.
 
-The static (matplotlib) functions are re-exported here and loaded on first use, so that importing
-``lossmap.plot`` or its sibling modules does not import matplotlib.
+The static (matplotlib) functions of :mod:`lossmap.plot.static` are available here too and loaded on
+first use, so that importing ``lossmap.plot`` or its sibling modules does not import matplotlib.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
-
-_STATIC = (
-    "plot_line",
-    "plot_contour",
-    "plot_heatmap",
-    "plot_surface",
-    "plot_compare",
-    "save_figure",
-    "plot_all",
-    "robust_upper",
-    "describe",
-)
-
-__all__ = list(_STATIC)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _STATIC:
-        from . import static
-
+    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(name)  # a submodule being imported (``from lossmap.plot import interactive``)
+    static = importlib.import_module(f"{__name__}.static")
+    if name in static.__all__:
         return getattr(static, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

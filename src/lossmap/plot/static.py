@@ -55,6 +55,9 @@ __all__ = [
     "plot_compare",
     "save_figure",
     "plot_all",
+    "figure",
+    "kinds_for",
+    "KINDS_2D",
     "robust_upper",
     "describe",
     "FORMATS",
@@ -757,37 +760,49 @@ def save_figure(fig: Any, path_or_stem: str | Path, formats: Sequence[str] | str
         _close(fig)
 
 
-def plot_all(ds: xr.Dataset, out_stem: str | Path, formats: Sequence[str] = ("png", "pdf"),
-             log: bool = False) -> list[Path]:
-    """Every figure that applies, as ``<stem>_<kind>.<fmt>``; returns the paths written.
+KINDS_2D = ("contour", "contourf", "heatmap", "surface", "line")
 
-    1-D: ``line``. 2-D: ``contour``, ``contourf``, ``heatmap``, ``surface`` (of ``loss``, or the first metric
-    when there is no loss) and ``line`` (the two central cross-sections).
+
+def kinds_for(ds: xr.Dataset) -> tuple[str, ...]:
+    """The figure kinds that apply: 1-D ``line``; 2-D all of :data:`KINDS_2D`, but only ``heatmap`` and
+    ``line`` when an axis has a single point (contours and surfaces need 2 points each way)."""
+    if not _is_2d(ds):
+        return ("line",)
+    if min(ds.sizes["x"], ds.sizes["y"]) < 2:
+        return ("heatmap", "line")
+    return KINDS_2D
+
+
+def figure(ds: xr.Dataset, kind: str, metric: str | None = None, log: bool = False, levels: Any = None,
+           vmin: float | None = None, vmax: float | None = None) -> Any:
+    """One figure of ``kind`` (``line``, ``contour``, ``contourf``, ``heatmap`` or ``surface``).
+
+    ``metric`` defaults to ``loss`` (or the first metric when there is no loss); ``line`` draws every metric.
     """
+    if metric is None:
+        names = _metric_names(ds)
+        metric = "loss" if "loss" in ds.data_vars else (names[0] if names else "loss")
+    if kind == "line":
+        return plot_line(ds, log=log)[0]
+    if kind in ("contour", "contourf"):
+        return plot_contour(ds, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax, filled=kind == "contourf")[0]
+    if kind == "heatmap":
+        return plot_heatmap(ds, metric=metric, log=log, vmin=vmin, vmax=vmax)[0]
+    if kind == "surface":
+        return plot_surface(ds, metric=metric, log=log, vmin=vmin, vmax=vmax)[0]
+    raise LossmapError(f"figure kind {kind!r} is unknown: choose one of {', '.join(KINDS_2D)}")
+
+
+def plot_all(ds: xr.Dataset, out_stem: str | Path, formats: Sequence[str] = ("png", "pdf"), log: bool = False,
+             metric: str | None = None, levels: Any = None, vmin: float | None = None,
+             vmax: float | None = None) -> list[Path]:
+    """Every figure that applies (:func:`kinds_for`), as ``<stem>_<kind>.<fmt>``; returns the paths written."""
     stem = Path(out_stem)
     if stem.suffix.lower().lstrip(".") in FORMATS:
         stem = stem.with_suffix("")
     fmts = [formats] if isinstance(formats, str) else list(formats)
-
-    def out(kind: str) -> Path:
-        return stem.with_name(f"{stem.name}_{kind}")
-
     written: list[Path] = []
-    if _is_2d(ds):
-        names = _metric_names(ds)
-        metric = "loss" if "loss" in ds.data_vars else (names[0] if names else "loss")
-        makers = [
-            ("contour", lambda: plot_contour(ds, metric=metric, log=log)),
-            ("contourf", lambda: plot_contour(ds, metric=metric, log=log, filled=True)),
-            ("heatmap", lambda: plot_heatmap(ds, metric=metric, log=log)),
-            ("surface", lambda: plot_surface(ds, metric=metric, log=log)),
-            ("line", lambda: plot_line(ds, log=log)),
-        ]
-        if min(ds.sizes["x"], ds.sizes["y"]) < 2:  # contours and surfaces need 2 points each way
-            makers = [m for m in makers if m[0] in ("heatmap", "line")]
-    else:
-        makers = [("line", lambda: plot_line(ds, log=log))]
-    for kind, make in makers:
-        fig, _ = make()
-        written += save_figure(fig, out(kind), fmts)
+    for kind in kinds_for(ds):
+        fig = figure(ds, kind, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax)
+        written += save_figure(fig, stem.with_name(f"{stem.name}_{kind}"), fmts)
     return written
