@@ -118,6 +118,9 @@ def test_compare_refuses_bad_arguments_with_one_line(files, tmp_path, capsys):
     _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(tmp_path / "c.gif")], ".png")
     _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--titles", "one"], "--titles")
     _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--kind", "pie"], "--kind")
+    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--levels", "0"], "--levels 0")
+    _fails(capsys, ["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--levels", "1"], "--levels 1")
+    _fails(capsys, ["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--metric", "acuracy"], "acuracy")
     out.write_bytes(b"old")
     _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out)], "exists", "--overwrite")
     html = tmp_path / "c.html"

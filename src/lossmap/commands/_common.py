@@ -1,4 +1,4 @@
-"""Argument helpers shared by the computing sub-commands (``surface``, ``interpolate``)."""
+"""Argument helpers shared by the sub-commands."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import LossmapError
 
@@ -158,3 +158,44 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def add_view_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``report`` and ``compare``."""
+    p.add_argument("--titles", nargs="+", metavar="TITLE", help="one title per file (default: the file names)")
+    p.add_argument("--metric", default="loss", help="metric to draw (default: loss)")
+    p.add_argument("--log", action="store_true", help="log scale for the metric")
+    p.add_argument("--levels", type=int, default=None, metavar="N", help="number of contour levels (default 15)")
+    p.add_argument("--rise", type=float, default=None, metavar="R",
+                   help="loss increase for the rise-radius flatness measure (default 0.1·(1+|centre loss|))")
+
+
+def refuse_existing(paths: Sequence[str | Path | None], overwrite: bool) -> None:
+    for p in paths:
+        if p is not None and Path(p).exists() and not overwrite:
+            raise LossmapError(f"output {str(p)!r} exists: choose another path or pass --overwrite")
+
+
+def titles_for(files: Sequence[str], titles: Sequence[str] | None) -> list[str]:
+    """The given titles (one per file) or the files' names (stems; whole paths when stems repeat)."""
+    if titles is not None:
+        if len(titles) != len(files):
+            raise LossmapError(f"{len(titles)} --titles for {len(files)} files: give one title per file")
+        return list(titles)
+    stems = [Path(f).stem for f in files]
+    return stems if len(set(stems)) == len(stems) else [str(f) for f in files]
+
+
+def load_all(files: Sequence[str]):
+    from .. import store
+
+    return [store.load(f) for f in files]
+
+
+def levels_option(levels: int | None, default: int) -> int:
+    """``--levels N`` (at least 2), or ``default``."""
+    if levels is None:
+        return default
+    if levels < 2:
+        raise LossmapError(f"--levels {levels} must be at least 2")
+    return levels

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LossmapError
-from .report import add_common_options, load_all, refuse_existing, titles_for
+from ._common import add_view_options, levels_option, load_all, refuse_existing, titles_for
 
 KINDS = ("contour", "contourf", "heatmap", "surface", "line")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PATH", help="figure to write: .png, .pdf or .svg")
     p.add_argument("--kind", choices=KINDS, default="contour", help="kind of panel for 2-D landscapes (default contour)")
     p.add_argument("--html", metavar="PATH", help="also write the interactive HTML report here")
-    add_common_options(p)
+    add_view_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
     return p
@@ -60,28 +60,25 @@ def run(args: argparse.Namespace) -> int:
     if args.html is not None and Path(args.html).resolve() == out.resolve():
         raise LossmapError("--html and --out name the same file: give them different paths")
     refuse_existing([out, args.html], args.overwrite)
+    levels = levels_option(args.levels, DEFAULT_LEVELS)
     titles = titles_for(args.files, args.titles)
     datasets = load_all(args.files)
     stats.require_comparable(datasets, titles, args.metric)
     for note in stats.caveats(datasets, titles):
         print(f"lossmap: note: {note}", file=sys.stderr)
 
-    try:
-        from ..plot.static import plot_compare, save_figure
-    except ImportError as exc:  # pragma: no cover - the static plots ship with the package
-        raise LossmapError(f"static figures are unavailable ({exc}): use --html for the interactive report") from exc
+    from ..plot.static import plot_compare, save_figure
+
     drawn = datasets
     if args.kind == "line" and "y" in datasets[0].dims:
         drawn = [_central_x_section(ds) for ds in datasets]
     kind = "contour" if args.kind == "line" else args.kind
-    fig = plot_compare(drawn, titles=titles, metric=args.metric, kind=kind, log=args.log, levels=args.levels)
-    if isinstance(fig, tuple):
-        fig = fig[0]
+    fig = plot_compare(drawn, titles=titles, metric=args.metric, kind=kind, log=args.log, levels=levels)
     written = save_figure(fig, out)
 
     if args.html is not None:
         written.append(write_report(datasets, args.html, titles=titles, metric=args.metric, log=args.log,
-                                    levels=args.levels or DEFAULT_LEVELS, rise=args.rise))
+                                    levels=levels, rise=args.rise))
     summaries = [stats.summarize(ds, metric=args.metric, rise=args.rise) for ds in datasets]
     print(stats.table(summaries, titles))
     for path in written:

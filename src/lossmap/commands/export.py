@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import LossmapError
+from ._common import refuse_existing
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_mesh
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise LossmapError(f"output {str(out)!r} exists: choose another --out or pass --overwrite")
+    refuse_existing([out], args.overwrite)
     ds = store.load(args.file)
     path = export_mesh(ds, out, format=args.format, metric=args.metric, log=args.log, zmin=args.zmin, zmax=args.zmax,
                        z_scale=args.zscale)

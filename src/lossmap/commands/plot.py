@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import levels_option
+
 
 KINDS = ("line", "contour", "contourf", "heatmap", "surface", "all")
 
@@ -43,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [f for f in formats if f not in static.FORMATS]
     if not formats or bad:
         raise LossmapError(f"--format {args.format!r}: choose png, pdf or svg (several separated by commas)")
-    if args.levels is not None and args.levels < 2:
-        raise LossmapError(f"--levels {args.levels} must be at least 2")
+    levels_option(args.levels, 0)
     if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
         raise LossmapError(f"--vmin {args.vmin} must be less than --vmax {args.vmax}")
     ds = store.load(args.file)

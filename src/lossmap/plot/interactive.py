@@ -262,8 +262,6 @@ def landscape_figures(
     ds: xr.Dataset, metric: str = "loss", log: bool = False, title: str = "", levels: int = DEFAULT_LEVELS
 ) -> dict[str, go.Figure]:
     """Figures of one landscape: ``surface`` and ``contour`` (2-D only) and ``lines``."""
-    if metric not in ds.data_vars:
-        metric = _metrics(ds)[0] if _metrics(ds) else metric
     values = _values(ds, metric)
     figs: dict[str, go.Figure] = {}
     if _is_2d(ds) and ds.sizes["x"] >= 2 and ds.sizes["y"] >= 2:
@@ -427,10 +425,10 @@ def report_html(
 ) -> str:
     """The report as one HTML string (see :func:`write_report`)."""
     doc = _Html()
-    summaries = []
-    for d in datasets:
-        m = metric if metric in d.data_vars else (_metrics(d)[0] if _metrics(d) else metric)
-        summaries.append(stats.summarize(d, metric=m, rise=rise))
+    for d, t in zip(datasets, titles):
+        if metric not in d.data_vars:
+            raise LossmapError(f"{t} has no metric {metric!r} (it has {_metrics(d)}): choose one of those")
+    summaries = [stats.summarize(d, metric=metric, rise=rise) for d in datasets]
     doc.text(f"<h1>Loss landscape{'s' if len(datasets) > 1 else ''}: {html.escape(', '.join(titles))}</h1>")
     if len(datasets) > 1:
         links = "".join(f'<li><a href="#landscape-{k + 1}">{html.escape(t)}</a></li>' for k, t in enumerate(titles))
