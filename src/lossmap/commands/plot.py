@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS, default="all",
                    help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D)")
     p.add_argument("--metric", default="loss", help="metric for 2-D figures (default: loss)")
-    p.add_argument("--log", action="store_true", help="log scale for the loss")
+    p.add_argument("--log", action="store_true", help="log scale for the metric")
     p.add_argument("--vmin", type=float, help="lower end of the colour range / contour levels")
     p.add_argument("--vmax", type=float, help="upper end of the colour range / contour levels (surface: z clip)")
     p.add_argument("--levels", type=int, metavar="N", help="number of contour levels (default: 15)")
