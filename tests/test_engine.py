@@ -296,3 +296,12 @@ def test_tensor_filter_and_buffers():
     assert set(d.names) == {"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"}
     d = random_directions(net, 1, tensor_filter="fc.*,conv.weight")
     assert d.names == ["conv.weight", "fc.weight", "fc.bias"]
+
+
+def test_non_finite_buffer_is_refused_when_directions_move_buffers(real_samples):
+    net = BNNet()
+    d = random_directions(net, 1, include_buffers=True)
+    with torch.no_grad():
+        net.bn.running_var[0] = float("inf")
+    with pytest.raises(LossmapError, match="non-finite.*bn.running_var"):
+        lossmap.compute(net, real_samples, "-1:1:3", directions=d)

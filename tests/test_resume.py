@@ -529,3 +529,24 @@ def test_a_resumed_run_keeps_the_files_chunking(tmp_path, monkeypatch):
     ds = _run(out=out, chunk=3)
     assert seen == [4] * 5  # the 20 missing points in the file's chunks of 4, not in chunks of 3
     _assert_same(ds, _run(chunk=4))
+
+
+def test_every_setting_is_compared_on_resume(tmp_path):
+    """The settings stored in a file are exactly the fields a resume compares (none silently skipped)."""
+    from lossmap.landscape import SETTINGS_FIELDS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    ds = lossmap.compute(model, (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), "-1:1:3", out=tmp_path / "s.nc")
+    assert set(store.meta(ds)["settings"]) == set(SETTINGS_FIELDS)
+
+
+def test_numpy_batches_enter_the_data_hash(tmp_path):
+    """Batches holding numpy arrays are hashed by content, so other data is not taken for the same."""
+    from lossmap.landscape import _batches_hash
+    from lossmap.evaluate import Batch
+
+    a = [Batch((np.zeros(3), 1), None, None, 3)]
+    b = [Batch((np.ones(3), 1), None, None, 3)]
+    assert _batches_hash(a) != _batches_hash(b)
+    assert _batches_hash(a) == _batches_hash([Batch((np.zeros(3), 1), None, None, 3)])

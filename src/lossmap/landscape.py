@@ -116,7 +116,7 @@ def compute(
     chunk: int | None = None,
     engine: str = "auto",
     tf32: bool = False,
-    flush_every: int = 256,
+    flush_every: int | None = None,
     flush_seconds: float = 10.0,
 ) -> xr.Dataset:
     """The landscape of ``model`` on ``data`` over the grid ``x`` (× ``y``).
@@ -126,7 +126,7 @@ def compute(
     back exactly as it was.
 
     With ``out``, finished points are written to that file as the run goes (at the latest every
-    ``flush_every`` points or ``flush_seconds`` seconds, and on Ctrl-C or an error), its directions
+    ``flush_every`` points (default: 256 or 5 % of the grid, whichever is more) or ``flush_seconds`` seconds, and on Ctrl-C or an error), its directions
     beside it. If ``out`` already holds a landscape made with the same settings (model, directions,
     grid, data, metrics, BN policy, dtype) the run resumes it and evaluates only the missing points (a
     complete file is returned as it is); a file made with other settings raises :class:`LossmapError`
@@ -145,6 +145,8 @@ def compute(
     dtype = _dtype(dtype)
     if chunk is not None and int(chunk) < 1:
         raise LossmapError(f"chunk {chunk!r} must be at least 1 point")
+    if flush_every is None:  # a write costs ~20 ms: on fast models, at most ~20 writes per grid
+        flush_every = max(256, grid.size // 20)
     if int(flush_every) < 1:
         raise LossmapError(f"flush every {flush_every!r} points: must be at least 1")
     if not float(flush_seconds) >= 0:
@@ -159,6 +161,8 @@ def compute(
     if ctx is not None:
         device = ctx.device
     primary = ctx is None or ctx.primary
+    if directions is not None:  # the directions say which tensors move
+        include_buffers, tensor_filter = directions.include_buffers, directions.tensor_filter
     live_user = select_tensors(model, include_buffers, tensor_filter)
     check_finite({n: t.detach() for n, t in live_user.items()})
     if directions is None:
@@ -166,9 +170,6 @@ def compute(
             model, grid.ndim, seed=seed, normalization=normalization, bias=bias,
             orthogonalize=orthogonalize, include_buffers=include_buffers, tensor_filter=tensor_filter,
         )
-    else:
-        include_buffers, tensor_filter = directions.include_buffers, directions.tensor_filter
-        live_user = select_tensors(model, include_buffers, tensor_filter)
     if directions.count < grid.ndim:
         raise LossmapError(f"a {grid.ndim}-D grid needs {grid.ndim} directions but {directions.count} were given")
     directions.check(live_user)
@@ -426,8 +427,11 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
             _feed(h, item)
     elif isinstance(obj, (int, float, str, bool)) or obj is None:
         h.update(f"V{obj!r}|".encode())
-    else:
-        h.update(f"O{type(obj).__name__}|".encode())
+    elif isinstance(obj, np.ndarray):
+        _feed(h, torch.from_numpy(np.ascontiguousarray(obj)))
+    else:  # an object of the user's: its type and, where it is not just an address, its repr
+        text = repr(obj)
+        h.update(f"O{type(obj).__name__}|{'' if ' at 0x' in text else text}|".encode())
 
 
 def _batches_hash(batches: Sequence[Batch] | None) -> str:

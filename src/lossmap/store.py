@@ -175,28 +175,33 @@ def writer_lock(path: str | Path) -> Iterator[None]:
         return
     path = Path(path)
     lock = path.with_name(f".{path.name}.lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise LossmapError(f"cannot create the lock file {str(lock)!r}: {exc}; choose another --out") from exc
-    held = False
-    try:
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LossmapError(f"cannot create the lock file {str(lock)!r}: {exc}; choose another --out") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise LossmapError(
                 f"another lossmap run is writing {str(path)!r} right now: wait for it to end, or choose another --out"
             ) from None
         except OSError:
-            pass  # no locking on this file system
-        held = True
+            break  # no locking on this file system
+        try:  # the holder we waited on may have removed the file we opened: lock the current one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield
     finally:
-        if held:  # the other run's lock file stays
-            try:
-                lock.unlink()
-            except OSError:
-                pass
+        try:  # remove it while still holding it; a run that opened it meanwhile retries on a new file
+            lock.unlink()
+        except OSError:
+            pass
         os.close(fd)
 
 

@@ -58,8 +58,8 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over, replacing an existing landscape file (without it, rerunning the same command "
                         "resumes an unfinished file; a file made with other settings is refused)")
-    p.add_argument("--flush-every", type=int, default=256, metavar="N",
-                   help="write finished points to --out at least every N points (default: 256)")
+    p.add_argument("--flush-every", type=int, default=None, metavar="N",
+                   help="write finished points to --out at least every N points (default: 256 or 5%% of the grid, whichever is more)")
     p.add_argument("--flush-seconds", type=float, default=10.0, metavar="T",
                    help="... and at least every T seconds (default: 10)")
 

@@ -66,13 +66,14 @@ def run(args: argparse.Namespace) -> int:
     y = args.y
     if args.c and y is None:
         y = default_y(directions, args.x)
-        print(f"β axis: {y} (covers C at β = {list(directions.markers.values())[2][1]:.3g})", file=sys.stderr)
+        if is_primary():
+            print(f"β axis: {y} (covers C at β = {list(directions.markers.values())[2][1]:.3g})", file=sys.stderr)
     grid = Grid.from_specs(args.x, y)
     outside = [
         name for name, pos in directions.markers.items()
         if not all(lo - 1e-9 <= v <= hi + 1e-9 for v, (lo, hi) in zip(pos, [(grid.x[0], grid.x[-1])] + ([(grid.y[0], grid.y[-1])] if grid.y is not None else [])))
     ]
-    if outside:
+    if outside and is_primary():
         print(f"note: model(s) {', '.join(outside)} lie outside the grid; widen --x/--y to see them", file=sys.stderr)
     with c.Timer() as t:
         ds = compute(
