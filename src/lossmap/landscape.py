@@ -256,7 +256,9 @@ def compute(
                 # the file's chunking, so that every chunk holds the same points as before
                 chunk = _positive_int(existing[2].get("chunk"), chunk)
             if ctx is not None:
-                mask, chunk = _broadcast(ctx, (mask, chunk))
+                mask, chunk, attrs["created"], attrs["seconds"] = _broadcast(
+                    ctx, (mask, chunk, attrs["created"], attrs["seconds"])
+                )
             attrs["chunk"] = chunk
 
             sink = None
@@ -343,8 +345,6 @@ def compute(
                 sink.flush()
         if ctx is not None:
             values, mask = _broadcast(ctx, (values, mask) if primary else None)
-        if sink is not None and existing is not None and not pending:
-            return store.load(out)
         return _landscape(grid, names, values, attrs, mask)
     finally:
         guard.close()
@@ -542,7 +542,6 @@ def _open_existing(
         )
     mask = store.done_mask(ds).reshape(-1)
     values = np.stack([np.asarray(ds[name].values, dtype=np.float64).reshape(-1) for name in names], axis=1)
-    values[~mask] = np.nan
     return values, mask.copy(), store.meta(ds)
 
 
