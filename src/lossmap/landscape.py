@@ -286,28 +286,22 @@ def compute(
                 for ids in distributed.deal(pending, world):
                     mine = ids[rank]
                     mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, len(names)))
-                    results = [(mine, mine_values)] if primary and mine >= 0 else []
+                    if primary and mine >= 0:  # kept even if the exchange below fails
+                        _merge([(mine, mine_values)], chunks, values, mask, bar)
                     if ctx is not None:
                         try:
                             gathered = distributed.gather_chunk(ctx, mine, mine_values, chunk, len(names))
                         except Exception as exc:  # noqa: BLE001 - a peer died or timed out
-                            if primary:  # rank 0's own chunk is finished: keep it
-                                _merge(results, chunks, values, mask, bar)
                             raise _PeerFailure(distributed.failure(exc)) from exc
-                        results += [(cid, vals) for cid, vals in gathered if cid != mine]
-                    if not primary:
-                        continue
-                    _merge(results, chunks, values, mask, bar)
-                    if sink is not None:
-                        sink.elapsed = time.perf_counter() - start
-                        if sink.due():
-                            sink.flush()
-                            if bar is not None:
-                                bar.set_postfix_str(f"saved {sink.saved}", refresh=False)
+                        if primary:
+                            _merge([(cid, vals) for cid, vals in gathered if cid != mine], chunks, values, mask, bar)
+                    if sink is not None and sink.due():  # only rank 0 has a sink
+                        sink.flush()
+                        if bar is not None:
+                            bar.set_postfix_str(f"saved {sink.saved}", refresh=False)
             except BaseException as exc:
                 saved = None
                 if sink is not None:
-                    sink.elapsed = time.perf_counter() - start
                     try:
                         if sink.writes_pending:
                             sink.flush()
@@ -339,10 +333,8 @@ def compute(
             elapsed = time.perf_counter() - start
 
         attrs["seconds"] = round(float(attrs["seconds"]) + elapsed, 3)
-        if sink is not None:  # first the file, then the other ranks' copies
-            sink.elapsed = elapsed
-            if sink.writes_pending:
-                sink.flush()
+        if sink is not None and sink.writes_pending:  # first the file, then the other ranks' copies
+            sink.flush()
         if ctx is not None:
             values, mask = _broadcast(ctx, (values, mask) if primary else None)
         return _landscape(grid, names, values, attrs, mask)
@@ -378,7 +370,6 @@ def _merge(results: list[tuple[int, np.ndarray]], chunks: list[np.ndarray], valu
         mask[idx] = True
         if bar is not None:
             bar.update(int(new.sum()))
-    results.clear()
 
 
 class _PeerFailure(Exception):
@@ -611,10 +602,9 @@ class _Sink:
         self.values, self.mask, self.attrs = values, mask, attrs
         self.directions = directions
         self.flush_every, self.flush_seconds = int(flush_every), float(flush_seconds)
-        self.base_seconds = float(attrs.get("seconds", 0.0) or 0.0)
-        self.elapsed = 0.0
+        self.base_seconds = float(attrs.get("seconds", 0.0) or 0.0)  # of the runs before this one
         self.saved = int(mask.sum())
-        self.last = time.monotonic()
+        self.last = self.began = time.monotonic()
 
     @property
     def writes_pending(self) -> int:
@@ -634,7 +624,7 @@ class _Sink:
 
     def flush(self) -> None:
         attrs = dict(self.attrs)
-        attrs["seconds"] = round(self.base_seconds + self.elapsed, 3)
+        attrs["seconds"] = round(self.base_seconds + time.monotonic() - self.began, 3)
         done = int(self.mask.sum())
         ds = _landscape(self.grid, self.names, self.values, attrs, self.mask)
         store.save(ds, self.path)
