@@ -11,7 +11,7 @@ with rows along ``y``, so they get the transpose (``z[j][i] = metric[x_i, y_j]``
 on the horizontal axis for any grid shape.
 
 Colour range (as in the static figures): from the smallest finite value to
-:func:`lossmap.plot.static.robust_upper` (the 95th percentile) for loss-like metrics, full range for metrics
+:func:`lossmap.plot.scale.robust_upper` (the 95th percentile) for loss-like metrics, full range for metrics
 whose name contains ``acc``. The surface is clipped at the upper end (a flat plateau) so a few exploding
 points at the rim do not flatten the basin; hover always shows the stored, unclipped values. ``log=True``
 draws ``log10`` of the metric (values ``<= 0`` raised to the smallest positive one). NaN/inf points are gaps.
@@ -34,7 +34,8 @@ from plotly.subplots import make_subplots
 from .. import stats, store
 from ..errors import LossmapError
 from ..store import meta
-from .scale import ROBUST_PERCENTILE
+from .scale import DEFAULT_LEVELS, MAX_EQUAL_ASPECT_RATIO, robust_upper
+from .scale import axis_label as _axis_label
 from .scale import higher_is_better as _higher_is_better
 from .scale import is_2d as _is_2d
 from .scale import log_floor as _log_floor
@@ -42,7 +43,6 @@ from .scale import log_floor as _log_floor
 __all__ = ["write_report", "landscape_figures", "comparison_figures", "report_html", "shared_range", "DEFAULT_LEVELS"]
 
 #: number of contour levels
-DEFAULT_LEVELS = 15
 COLORSCALE = "Viridis"
 _PLOT_CONFIG = {"displaylogo": False}
 #: width of the surface and contour figures, drawn side by side when the window is wide enough
@@ -89,9 +89,7 @@ def shared_range(arrays: Sequence[np.ndarray], metric: str, log: bool = False) -
     if finite.size == 0:
         raise LossmapError(f"metric {metric!r} has no finite value: the landscape was not evaluated or diverged")
     lo = float(finite.min())
-    hi = float(finite.max()) if _higher_is_better(metric) else float(np.percentile(finite, ROBUST_PERCENTILE))
-    if hi <= lo:
-        hi = float(finite.max())
+    hi = float(finite.max()) if _higher_is_better(metric) else robust_upper(finite)
     if hi <= lo:  # constant landscape
         pad = abs(lo) * 0.01 or 1.0
         lo, hi = lo - pad, hi + pad
@@ -123,11 +121,6 @@ def _nan_to_none(a: np.ndarray) -> list:
 # ---------------------------------------------------------------------------------------------------------
 # labels, hover, markers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _axis_label(ds: xr.Dataset, axis: str) -> str:
-    label = meta(ds).get(f"{axis}_label")
-    return label if isinstance(label, str) and label.strip() else ("α" if axis == "x" else "β")
 
 
 def _short(ds: xr.Dataset, axis: str) -> str:
@@ -252,10 +245,10 @@ def _lines_figure(ds: xr.Dataset, metric: str, log: bool, title: str) -> go.Figu
 
 
 def _equal_aspect(ds: xr.Dataset) -> dict[str, Any]:
-    """Equal units on both axes unless that would make the map a sliver (spans differ more than 4×)."""
+    """Equal units on both axes unless that would make the map a sliver (see MAX_EQUAL_ASPECT_RATIO)."""
     xs, ys = ds["x"].values, ds["y"].values
     spans = sorted([float(xs.max() - xs.min()), float(ys.max() - ys.min())])
-    return {"scaleanchor": "x", "scaleratio": 1} if spans[0] > 0 and spans[1] / spans[0] <= 4 else {}
+    return {"scaleanchor": "x", "scaleratio": 1} if spans[0] > 0 and spans[1] / spans[0] <= MAX_EQUAL_ASPECT_RATIO else {}
 
 
 def landscape_figures(

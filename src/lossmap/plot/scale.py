@@ -8,9 +8,14 @@ import numpy as np
 import xarray as xr
 
 from ..errors import LossmapError
+from ..store import meta
 
 #: percentile of the finite values used as the upper end of loss-like colour ranges and surface clips
 ROBUST_PERCENTILE = 95.0
+#: number of contour levels when none is asked for
+DEFAULT_LEVELS = 15
+#: axis spans whose ratio exceeds this are not drawn with equal units (the map would become a sliver)
+MAX_EQUAL_ASPECT_RATIO = 4.0
 
 
 def is_2d(ds: xr.Dataset) -> bool:
@@ -29,3 +34,25 @@ def log_floor(arrays: Iterable[np.ndarray], metric: str) -> float:
     if not positives:
         raise LossmapError(f"log scale needs positive values but metric {metric!r} has none: plot it without --log")
     return float(min(p.min() for p in positives))
+
+
+def robust_upper(values: np.ndarray | xr.DataArray) -> float:
+    """Default upper end of a loss colour range and of the surface z clip.
+
+    The :data:`ROBUST_PERCENTILE` (95th) percentile of the finite values; when that equals the minimum (a
+    nearly constant landscape) the finite maximum is used instead. NaN/inf are ignored.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        raise LossmapError("no finite value to compute a colour range from: the landscape is empty or diverged")
+    upper = float(np.percentile(finite, ROBUST_PERCENTILE))
+    if upper <= float(finite.min()):
+        upper = float(finite.max())
+    return upper
+
+
+def axis_label(ds: xr.Dataset, axis: str) -> str:
+    """The direction's name stored with the landscape (``x_label``/``y_label``), else α / β."""
+    label = meta(ds).get(f"{axis}_label")
+    return label if isinstance(label, str) and label.strip() else ("α" if axis == "x" else "β")

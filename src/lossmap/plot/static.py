@@ -41,7 +41,8 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from ..errors import LossmapError
-from .scale import ROBUST_PERCENTILE
+from .scale import DEFAULT_LEVELS, MAX_EQUAL_ASPECT_RATIO, ROBUST_PERCENTILE, robust_upper
+from .scale import axis_label as _axis_label
 from .scale import higher_is_better as _higher_is_better
 from .scale import is_2d as _is_2d
 from .scale import log_floor as _log_floor
@@ -67,13 +68,8 @@ __all__ = [
 
 #: file formats :func:`save_figure` writes
 FORMATS = ("png", "pdf", "svg")
-#: percentile of the finite values used as the default upper end of colour ranges and the surface clip
-#: number of contour levels when ``levels`` is not given
-DEFAULT_LEVELS = 15
 PNG_DPI = 150
 CMAP = "viridis"
-#: spans whose ratio exceeds this are not drawn with equal aspect (the plot would become a sliver)
-MAX_EQUAL_ASPECT_RATIO = 4.0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -122,21 +118,6 @@ def _masked(values: np.ndarray) -> np.ma.MaskedArray:
 
 def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
-
-
-def robust_upper(values: np.ndarray | xr.DataArray) -> float:
-    """Default upper end of a loss colour range and of the surface z clip.
-
-    The :data:`ROBUST_PERCENTILE` (95th) percentile of the finite values; when that equals the minimum (a
-    nearly constant landscape) the finite maximum is used instead. NaN/inf are ignored.
-    """
-    finite = _finite(np.asarray(values, dtype=np.float64))
-    if finite.size == 0:
-        raise LossmapError("no finite value to compute a colour range from: the landscape is empty or diverged")
-    upper = float(np.percentile(finite, ROBUST_PERCENTILE))
-    if upper <= float(finite.min()):
-        upper = float(finite.max())
-    return upper
 
 
 def _value_range(
@@ -236,13 +217,6 @@ def describe(ds: xr.Dataset) -> str:
     if kind == "random" and norm:
         what += ", " + _NORMALIZATION_TEXT.get(norm, f"{norm} normalization")
     return what
-
-
-def _axis_label(ds: xr.Dataset, axis: str) -> str:
-    label = _decode_meta(ds).get(f"{axis}_label")
-    if isinstance(label, str) and label.strip():
-        return label
-    return "α" if axis == "x" else "β"
 
 
 def _metric_label(metric: str, log: bool) -> str:
