@@ -172,7 +172,20 @@ def attach(ds: xr.Dataset, metric: str = "loss", rise: float | None = None, radi
 
 
 def require_comparable(datasets: Sequence[xr.Dataset], names: Sequence[str], metric: str = "loss") -> None:
-    """Raise :class:`LossmapError` unless all landscapes have the same grid and carry ``metric``."""
+    """Raise :class:`LossmapError` unless all landscapes have the same grid and the same metrics."""
+    require_same_grid(datasets, names, metric)
+    ref, ref_name = datasets[0], names[0]
+    for ds, name in zip(datasets[1:], names[1:]):
+        ref_metrics, metrics = set(map(str, ref.data_vars)), set(map(str, ds.data_vars))
+        if ref_metrics != metrics:
+            raise LossmapError(
+                f"{name} has metrics {sorted(metrics)} but {ref_name} has {sorted(ref_metrics)}: "
+                "compare landscapes evaluated with the same metrics"
+            )
+
+
+def require_same_grid(datasets: Sequence[xr.Dataset], names: Sequence[str], metric: str = "loss") -> None:
+    """Raise :class:`LossmapError` unless all landscapes have the same dims and coordinates and carry ``metric``."""
     if len(datasets) != len(names):
         raise LossmapError(f"{len(names)} names for {len(datasets)} landscapes: give one per landscape")
     ref, ref_name = datasets[0], names[0]
@@ -194,12 +207,6 @@ def require_comparable(datasets: Sequence[xr.Dataset], names: Sequence[str], met
                     f"{name} has a different {axis} grid ({_describe_axis(b)}) than {ref_name} ({_describe_axis(a)}): "
                     "compute both on the same grid"
                 )
-        ref_metrics, metrics = set(map(str, ref.data_vars)), set(map(str, ds.data_vars))
-        if ref_metrics != metrics:
-            raise LossmapError(
-                f"{name} has metrics {sorted(metrics)} but {ref_name} has {sorted(ref_metrics)}: "
-                "compare landscapes evaluated with the same metrics"
-            )
 
 
 #: settings that should agree for a side-by-side picture to mean what it seems to

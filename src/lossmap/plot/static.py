@@ -46,6 +46,7 @@ from .scale import axis_label as _axis_label
 from .scale import higher_is_better as _higher_is_better
 from .scale import is_2d as _is_2d
 from .scale import log_floor as _log_floor
+from ..stats import require_same_grid
 from ..store import meta as _decode_meta
 
 __all__ = [
@@ -580,17 +581,6 @@ def plot_surface(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
 # --------------------------------------------------------------------------------------------------------
 
 
-def _same_grid(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.shape != b.shape:
-        return False
-    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)), 1.0)
-    return bool(np.allclose(a, b, rtol=0.0, atol=1e-9 * scale))
-
-
-def _grid_text(c: np.ndarray) -> str:
-    return f"{c.size} points from {_fmt(c.min())} to {_fmt(c.max())}" if c.size else "no points"
-
-
 def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = None, metric: str = "loss",
                  kind: str = "contour", log: bool = False, levels: int | Sequence[float] | None = None):
     """Several landscapes on ONE colour scale: side-by-side panels sharing levels, norm and a colour bar.
@@ -607,19 +597,8 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
     titles = [str(t) for t in titles]
     if len(titles) != len(datasets):
         raise LossmapError(f"{len(titles)} titles for {len(datasets)} landscapes: give one title per landscape")
+    require_same_grid(datasets, titles, metric)
     two_d = _is_2d(datasets[0])
-    for i, d in enumerate(datasets):
-        if _is_2d(d) != two_d:
-            raise LossmapError(f"{titles[i]!r} is {'2' if _is_2d(d) else '1'}-D but {titles[0]!r} is "
-                               f"{'2' if two_d else '1'}-D: compare landscapes of the same kind")
-        if metric not in d.data_vars:
-            raise LossmapError(f"{titles[i]!r} has no metric {metric!r} (it has: {', '.join(_metric_names(d))}): "
-                               "choose a metric all landscapes share")
-        for axis in ("x", "y") if two_d else ("x",):
-            a, b = datasets[0][axis].values.astype(np.float64), d[axis].values.astype(np.float64)
-            if not _same_grid(a, b):
-                raise LossmapError(f"{titles[i]!r} has a different {axis} grid ({_grid_text(b)}) than {titles[0]!r} "
-                                   f"({_grid_text(a)}): compute them on the same grid to compare")
     kinds = ("contour", "contourf", "heatmap", "surface")
     if two_d and kind not in kinds:
         raise LossmapError(f"unknown comparison kind {kind!r}: choose one of {', '.join(kinds)}")
