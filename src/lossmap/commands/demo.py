@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     init_path = save_checkpoint(init, out / "init.safetensors")
     model = copy.deepcopy(init)
     epochs, batch, opt, lr = MAIN[mode]
-    say(f"1/5 training the seed CNN ({sum(p.numel() for p in model.parameters()):,} parameters) on digits:train "
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"1/5 training the seed CNN ({n_params:,} parameters) on digits:train "
         f"({len(train_data)} images), {opt} lr={lr:g}, batch {batch}, {epochs} epoch(s)")
     result = train(model, train_data, test_data, epochs=epochs, batch_size=batch, optimizer=opt, lr=lr,
                    seed=args.seed, progress=True, log=say)
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"lossmap demo ({mode}), seed {args.seed}, {elapsed:.0f} s in all",
         "",
-        f"model: seed CNN (lossmap.models.MnistCNN, {sum(p.numel() for p in model.parameters()):,} parameters)",
+        f"model: seed CNN (lossmap.models.MnistCNN, {n_params:,} parameters)",
         f"training: digits:train ({len(train_data)} images), {result.describe()}",
         f"train_accuracy = {result.train_accuracy:.4f}",
         f"test_accuracy = {result.test_accuracy:.4f}",
@@ -180,11 +181,9 @@ def run(args: argparse.Namespace) -> int:
     for what, path, ds in files:
         shape = "×".join(str(n) for n in ds["loss"].shape)
         lines.append(f"  {path.name}: {what}; {shape} points; loss {_range(ds, 'loss')}; accuracy {_range(ds, 'accuracy')}")
-    for key, ds in (("interpolation", interp), ("slice1d", line), ("plane", plane)):
-        v = ds["loss"].values
-        v = v[np.isfinite(v)]
-        lines.append(f"{key}_loss_min = {float(v.min()) if v.size else float('nan'):.6g}")
-        lines.append(f"{key}_loss_max = {float(v.max()) if v.size else float('nan'):.6g}")
+    for key, ds in (("interpolation", interp), ("slice1d", line), ("plane", plane)):  # stored by compute()
+        lines.append(f"{key}_loss_min = {ds.attrs.get('summary_min', float('nan')):.6g}")
+        lines.append(f"{key}_loss_max = {ds.attrs.get('summary_max', float('nan')):.6g}")
     for name, res, _ in compared:
         lines.append(f"{name}_test_accuracy = {res.test_accuracy:.4f}   ({res.describe()})")
     lines += ["", "figures (PNG and PDF):"]
