@@ -80,7 +80,6 @@ def _range(ds, name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from ..data import digits
