@@ -69,9 +69,3 @@ def test_truncated_and_foreign_files(tmp_path, landscape):
         lossmap.load(foreign)
     with pytest.raises(LossmapError, match="does not exist"):
         lossmap.load(tmp_path / "missing.nc")
-
-
-def test_existing_output_from_other_settings_is_refused(landscape):
-    _, path, model, _ = landscape
-    with pytest.raises(LossmapError, match="other settings.*seed.*overwrite"):
-        lossmap.compute(model, (torch.randn(4, 6), torch.zeros(4, dtype=torch.long)), "-1:1:5", out=path)

@@ -95,6 +95,26 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_run_args(args: argparse.Namespace) -> tuple[Path, str]:
+    """Checks every computing command makes before loading anything: ``(out, device)``."""
+    from ..grid import Grid
+
+    out = check_output_folder(args.out)
+    Grid.from_specs(args.x, args.y)  # a malformed axis fails before any loading
+    check_positive(args.samples, "--samples")
+    check_positive(args.batch_size, "--batch-size")
+    return out, check_device(args.device)
+
+
+def compute_options(args: argparse.Namespace, out: Path, device: str) -> dict[str, Any]:
+    """The ``compute()`` keywords that come from the evaluation and output options."""
+    return dict(
+        bn=args.bn, tf32=args.tf32, device=device, dtype=args.dtype, batch_size=args.batch_size,
+        samples=args.samples, data_description=args.data, progress=True, out=out, overwrite=args.overwrite,
+        flush_every=args.flush_every, flush_seconds=args.flush_seconds,
+    )
+
+
 def check_positive(value: int | None, option: str) -> None:
     if value is not None and value < 1:
         raise LossmapError(f"{option} {value} must be at least 1")

@@ -50,13 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from ..landscape import compute
     from ..errors import LossmapError
 
-    out = c.check_output_folder(args.out)
     if args.y is not None and args.c is None:
         raise LossmapError("--y needs a third checkpoint (--via C): two checkpoints define a line, not a plane")
-    Grid.from_specs(args.x, args.y)
-    c.check_positive(args.samples, "--samples")
-    c.check_positive(args.batch_size, "--batch-size")
-    device = c.check_device(args.device)
+    out, device = c.check_run_args(args)
     a = c.build_model(args.model, args.a)
     b = c.build_model(args.model, args.b)
     via = c.build_model(args.model, args.c) if args.c else None
@@ -77,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: model(s) {', '.join(outside)} lie outside the grid; widen --x/--y to see them", file=sys.stderr)
     with c.Timer() as t:
         ds = compute(
-            a, data, x=args.x, y=y, directions=directions, bn=args.bn, tf32=args.tf32, device=device, dtype=args.dtype,
-            batch_size=args.batch_size, samples=args.samples, data_description=args.data, progress=True,
-            out=out, overwrite=args.overwrite,
-            flush_every=args.flush_every, flush_seconds=args.flush_seconds,
+            a, data, x=args.x, y=y, directions=directions, **c.compute_options(args, out, device),
         )
     if is_primary():  # under torchrun, rank 0 speaks for all
         print(c.summary_line(ds, out, t.seconds))

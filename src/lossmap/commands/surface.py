@@ -39,15 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..directions import Directions
-    from ..grid import Grid
     from ..distributed import is_primary
     from ..landscape import compute
 
-    out = c.check_output_folder(args.out)
-    Grid.from_specs(args.x, args.y)  # a malformed axis fails before any loading
-    c.check_positive(args.samples, "--samples")
-    c.check_positive(args.batch_size, "--batch-size")
-    device = c.check_device(args.device)
+    out, device = c.check_run_args(args)
     model = c.build_model(args.model, args.checkpoint)
     data = c.load_data(args.data)
     directions = Directions.load(args.directions) if args.directions else None
@@ -55,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
         ds = compute(
             model, data, x=args.x, y=args.y, directions=directions, seed=args.seed,
             normalization=args.normalization, bias=args.bias, orthogonalize=args.orthogonalize,
-            include_buffers=args.include_buffers, tensor_filter=args.tensors, bn=args.bn, tf32=args.tf32,
-            device=device, dtype=args.dtype, batch_size=args.batch_size, samples=args.samples,
-            data_description=args.data, progress=True, out=out, overwrite=args.overwrite,
-            flush_every=args.flush_every, flush_seconds=args.flush_seconds,
+            include_buffers=args.include_buffers, tensor_filter=args.tensors, **c.compute_options(args, out, device),
         )
     if is_primary():  # under torchrun, rank 0 speaks for all
         print(c.summary_line(ds, out, t.seconds))
