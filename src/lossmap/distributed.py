@@ -29,7 +29,10 @@ import torch
 
 from .errors import LossmapError
 
-__all__ = ["Context", "setup", "world_from_env", "deal", "is_primary", "TIMEOUT_ENV"]
+__all__ = [
+    "Context", "setup", "world_from_env", "deal", "is_primary", "broadcast", "gather_chunk", "all_gather_objects",
+    "failure", "TIMEOUT_ENV",
+]
 
 #: seconds a rank waits for the others in one round (default 1800, torch's own default)
 TIMEOUT_ENV = "LOSSMAP_DIST_TIMEOUT"

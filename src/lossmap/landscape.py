@@ -497,8 +497,7 @@ def _check_ranks_agree(ctx: "distributed.Context", settings: dict[str, Any]) -> 
         if diff:
             raise LossmapError(
                 f"rank {rank} would compute another landscape than rank 0: {'; '.join(diff)} "
-                "(rank 0 is 'file', rank {rank} is 'now'): give every rank the same model, checkpoint, data and options"
-                .replace("{rank}", str(rank))
+                f"(rank 0 is 'file', rank {rank} is 'now'): give every rank the same model, checkpoint, data and options"
             )
 
 
