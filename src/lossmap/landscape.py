@@ -13,7 +13,7 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -143,54 +143,28 @@ def compute(
     """
     grid = Grid.from_specs(x, y)
     dtype = _dtype(dtype)
-    if chunk is not None and int(chunk) < 1:
-        raise LossmapError(f"chunk {chunk!r} must be at least 1 point")
-    if flush_every is None:  # a write costs ~20 ms: on fast models, at most ~20 writes per grid
-        flush_every = max(256, grid.size // 20)
-    if int(flush_every) < 1:
-        raise LossmapError(f"flush every {flush_every!r} points: must be at least 1")
-    if not float(flush_seconds) >= 0:
-        raise LossmapError(f"flush every {flush_seconds!r} seconds: must be 0 or more")
-    if out is not None:
-        out = Path(out)
-        if not out.parent.is_dir():
-            raise LossmapError(f"output folder {str(out.parent)!r} does not exist: create it or choose another --out")
-        if out.is_dir():
-            raise LossmapError(f"output {str(out)!r} is a folder: give a file name such as {str(out / 'landscape.nc')!r}")
+    out, flush_every = _check_options(grid, out, chunk, flush_every, flush_seconds)
     ctx = distributed.setup(device)
     if ctx is not None:
         device = ctx.device
     primary = ctx is None or ctx.primary
-    if directions is not None:  # the directions say which tensors move
-        include_buffers, tensor_filter = directions.include_buffers, directions.tensor_filter
-    live_user = select_tensors(model, include_buffers, tensor_filter)
-    check_finite({n: t.detach() for n, t in live_user.items()})
-    if directions is None:
-        directions = random_directions(
-            model, grid.ndim, seed=seed, normalization=normalization, bias=bias,
-            orthogonalize=orthogonalize, include_buffers=include_buffers, tensor_filter=tensor_filter,
-        )
-    if directions.count < grid.ndim:
-        raise LossmapError(f"a {grid.ndim}-D grid needs {grid.ndim} directions but {directions.count} were given")
-    directions.check(live_user)
-    theta0_hash = tensor_hash(live_user)
-    if directions.kind == "target" and directions.origin_sha256 and directions.origin_sha256 != theta0_hash:
-        raise LossmapError("the model's parameters are not the origin model A of these target directions: load A's checkpoint into the model")
-    n_params = sum(p.numel() for p in model.parameters())
-    n_moved = sum(t.numel() for n, t in live_user.items() if any(bool(d[n].any()) for d in directions.tensors))
+    theta0 = _theta0(
+        model, grid, directions, seed=seed, normalization=normalization, bias=bias, orthogonalize=orthogonalize,
+        include_buffers=include_buffers, tensor_filter=tensor_filter,
+    )
+    directions = theta0.directions
 
     guard = ExitStack()  # the output file's lock, held until the last write
     try:
         with borrow(model, device, dtype) as lease, _sigterm_raises(out is not None), _precision(device, tf32):
-            work = lease.model
-            live = select_tensors(work, include_buffers, tensor_filter)
+            live = select_tensors(lease.model, theta0.include_buffers, theta0.tensor_filter)
             origin = lease.origin(live)
             ref = origin[0]
             dirs = [[d[n].to(device=ref.device, dtype=live[n].dtype) for n in live] for d in directions.tensors[: grid.ndim]]
             batches = prepare_batches(data, batch_size, samples, ref.device, dtype)
             bn_batches = None if bn_data is None else prepare_batches(bn_data, batch_size, None, ref.device, dtype)
             evaluator = make_evaluator(
-                work, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine=engine
+                lease.model, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine=engine
             )
             # the evaluator knows how many points per call suit it (vmap: several per forward)
             chunk = evaluator.preferred_chunk if chunk is None else int(chunk)
@@ -199,138 +173,22 @@ def compute(
             use_tf32 = bool(tf32) and ref.device.type == "cuda"
             tf32_error = _tf32_error(evaluator, grid.ndim) if use_tf32 else None
             settings = _settings(
-                grid, directions, theta0_hash, description, batches, int(evaluator.total), names, bn,
+                grid, directions, theta0.sha256, description, batches, int(evaluator.total), names, bn,
                 bn_batches if bn == "recompute" else None, str(ref.dtype).replace("torch.", ""), use_tf32,
             )
-            attrs: dict[str, Any] = {
-                "lossmap_format": store.FORMAT,
-                "lossmap_format_version": store.FORMAT_VERSION,
-                "ndim": grid.ndim,
-                "metrics": names,
-                **directions.metadata(),
-                "moved_tensors": [n for n in live_user],
-                "bn_policy": bn,
-                "data": description,
-                "samples": int(evaluator.total),
-                "parameter_count": int(n_params),
-                "moved_parameter_count": int(n_moved),
-                "theta0_sha256": theta0_hash,
-                "versions": versions(),
-                "directions_file": store.directions_path(out).name if out is not None else "",
-                "x_label": directions.labels[0] if directions.labels else "α",
-                "y_label": (directions.labels[1] if len(directions.labels) > 1 else "β") if grid.ndim == 2 else "",
-                "dtype": str(ref.dtype).replace("torch.", ""),
-                "device": str(ref.device),
-                "tf32": use_tf32,
-                **({} if tf32_error is None else {"tf32_centre_rel_error": tf32_error}),
-                "ranks": 1 if ctx is None else ctx.world,
-                "seconds": 0.0,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "settings": settings,
-            }
-            if grid.ndim == 1 and directions.markers:
-                attrs["markers"] = {k: v[:1] for k, v in directions.markers.items() if len(v) == 1 or v[1] == 0.0}
+            attrs = _attrs(
+                grid, theta0, out, ctx, ref, settings, names=names, bn=bn, description=description,
+                samples=int(evaluator.total), tf32=use_tf32, tf32_error=tf32_error,
+            )
             if ctx is not None:
                 _check_ranks_agree(ctx, settings)
 
-            # rank 0 decides: a new run, a resumed one, or a complete file; the others follow
-            values = np.full((grid.size, len(names)), np.nan)
-            mask = np.zeros(grid.size, dtype=bool)
-            existing = None
-            problem = None
-            if primary:
-                try:
-                    if out is not None:
-                        guard.enter_context(store.writer_lock(out))
-                    existing = _open_existing(out, overwrite, settings, names)
-                except LossmapError as exc:
-                    problem = str(exc)
-            if ctx is not None:
-                problem = _broadcast(ctx, problem)
-            if problem is not None:
-                raise LossmapError(problem)
-            if existing is not None:
-                values, mask = existing[0], existing[1]
-                attrs["created"] = existing[2].get("created", attrs["created"])
-                attrs["seconds"] = float(existing[2].get("seconds", 0.0) or 0.0)
-                # the file's chunking, so that every chunk holds the same points as before
-                chunk = _positive_int(existing[2].get("chunk"), chunk)
-            if ctx is not None:
-                mask, chunk, attrs["created"], attrs["seconds"] = _broadcast(
-                    ctx, (mask, chunk, attrs["created"], attrs["seconds"])
-                )
-            attrs["chunk"] = chunk
-
+            values, mask, chunk, resumed = _start_or_resume(ctx, out, overwrite, progress, grid, names, settings, attrs, chunk, guard)
             sink = None
             if primary and out is not None:
                 sink = _Sink(out, grid, names, values, mask, attrs, directions, flush_every, flush_seconds)
-                done = int(mask.sum())
-                if existing is not None and done == grid.size:
-                    _say(progress, f"{out} is complete ({grid.size} points): nothing to compute")
-                elif existing is not None:
-                    _say(progress, f"resuming {out}: {done} of {grid.size} points are done, {grid.size - done} to go")
-                sink.start(fresh=existing is None)
-
-            coeffs = grid.coefficients()
-            order = grid.serpentine()
-            chunks = [order[lo : lo + chunk] for lo in range(0, len(order), chunk)]
-            pending = [k for k, idx in enumerate(chunks) if not mask[idx].all()]
-            world, rank = (1, 0) if ctx is None else (ctx.world, ctx.rank)
-            bar = None
-            if progress and primary and pending:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=grid.size, initial=int(mask.sum()), unit="pt", desc="landscape", leave=False, dynamic_ncols=True)
-            start = time.perf_counter()
-            try:
-                for ids in distributed.deal(pending, world):
-                    mine = ids[rank]
-                    mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, len(names)))
-                    if primary and mine >= 0:  # kept even if the exchange below fails
-                        _merge([(mine, mine_values)], chunks, values, mask, bar)
-                    if ctx is not None:
-                        try:
-                            gathered = distributed.gather_chunk(ctx, mine, mine_values, chunk, len(names))
-                        except Exception as exc:  # noqa: BLE001 - a peer died or timed out
-                            raise _PeerFailure(distributed.failure(exc)) from exc
-                        if primary:
-                            _merge([(cid, vals) for cid, vals in gathered if cid != mine], chunks, values, mask, bar)
-                    if sink is not None and sink.due():  # only rank 0 has a sink
-                        sink.flush()
-                        if bar is not None:
-                            bar.set_postfix_str(f"saved {sink.saved}", refresh=False)
-            except BaseException as exc:
-                saved = None
-                if sink is not None:
-                    try:
-                        if sink.writes_pending:
-                            sink.flush()
-                        saved = sink.saved
-                    except BaseException as save_exc:  # noqa: BLE001 - report the first failure; keep the old file
-                        log.warning("could not save the finished points to %s: %s", out, save_exc)
-                        saved = sink.saved
-                if bar is not None:
-                    bar.close()
-                    bar = None
-                where = "" if out is None else f" in {out}"
-                kept = (
-                    "nothing was saved (no output file)" if out is None
-                    else (f"{saved} of {grid.size} points saved{where}" if primary else f"rank 0 saves the finished points{where}")
-                )
-                if isinstance(exc, _PeerFailure):
-                    raise LossmapError(
-                        f"another rank stopped answering ({exc}); {kept}; fix the failing rank (see its error) and rerun the same command to resume"
-                    ) from None
-                if isinstance(exc, KeyboardInterrupt):
-                    terminated = isinstance(exc, Terminated)
-                    what = "terminated (SIGTERM)" if terminated else "interrupted"
-                    hint = "; rerun the same command to resume" if out is not None else ""
-                    raise (Terminated if terminated else Interrupted)(f"{what}; {kept}{hint}") from None
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
-            elapsed = time.perf_counter() - start
+                sink.start(fresh=not resumed)
+            elapsed = _evaluate_pending(evaluator, grid, chunk, values, mask, ctx, sink, out, progress)
 
         attrs["seconds"] = round(float(attrs["seconds"]) + elapsed, 3)
         if sink is not None and sink.writes_pending:  # first the file, then the other ranks' copies
@@ -348,6 +206,241 @@ def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Pat
     if directions is not None:
         ds.attrs["directions_file"] = _save_directions(directions, path).name
     return store.save(ds, path)
+
+
+# ------------------------------------------------------------------------------- the steps of compute()
+
+
+def _check_options(
+    grid: Grid, out: str | Path | None, chunk: int | None, flush_every: int | None, flush_seconds: float
+) -> tuple[Path | None, int]:
+    """``(out as a path, flush_every)``, checked before any work; flush_every's default depends on the grid."""
+    if chunk is not None and int(chunk) < 1:
+        raise LossmapError(f"chunk {chunk!r} must be at least 1 point")
+    if flush_every is None:  # a write costs ~20 ms: on fast models, at most ~20 writes per grid
+        flush_every = max(256, grid.size // 20)
+    if int(flush_every) < 1:
+        raise LossmapError(f"flush every {flush_every!r} points: must be at least 1")
+    if not float(flush_seconds) >= 0:
+        raise LossmapError(f"flush every {flush_seconds!r} seconds: must be 0 or more")
+    if out is not None:
+        out = Path(out)
+        if not out.parent.is_dir():
+            raise LossmapError(f"output folder {str(out.parent)!r} does not exist: create it or choose another --out")
+        if out.is_dir():
+            raise LossmapError(f"output {str(out)!r} is a folder: give a file name such as {str(out / 'landscape.nc')!r}")
+    return out, flush_every
+
+
+class _Origin(NamedTuple):
+    """θ0, the user's model as it is, and the directions around it."""
+
+    directions: Directions
+    tensors: dict[str, torch.Tensor]  # the model's tensors that the directions move
+    include_buffers: bool
+    tensor_filter: str | None
+    sha256: str
+    parameter_count: int
+    moved_parameter_count: int
+
+
+def _theta0(
+    model: nn.Module, grid: Grid, directions: Directions | None, *, seed: int, normalization: str, bias: str,
+    orthogonalize: bool, include_buffers: bool, tensor_filter: str | None,
+) -> _Origin:
+    """θ0 and the given directions, checked against each other and the grid, or directions drawn from ``seed``."""
+    if directions is not None:  # the directions say which tensors move
+        include_buffers, tensor_filter = directions.include_buffers, directions.tensor_filter
+    live_user = select_tensors(model, include_buffers, tensor_filter)
+    check_finite({n: t.detach() for n, t in live_user.items()})
+    if directions is None:
+        directions = random_directions(
+            model, grid.ndim, seed=seed, normalization=normalization, bias=bias,
+            orthogonalize=orthogonalize, include_buffers=include_buffers, tensor_filter=tensor_filter,
+        )
+    if directions.count < grid.ndim:
+        raise LossmapError(f"a {grid.ndim}-D grid needs {grid.ndim} directions but {directions.count} were given")
+    directions.check(live_user)
+    theta0_hash = tensor_hash(live_user)
+    if directions.kind == "target" and directions.origin_sha256 and directions.origin_sha256 != theta0_hash:
+        raise LossmapError("the model's parameters are not the origin model A of these target directions: load A's checkpoint into the model")
+    n_params = sum(p.numel() for p in model.parameters())
+    n_moved = sum(t.numel() for n, t in live_user.items() if any(bool(d[n].any()) for d in directions.tensors))
+    return _Origin(directions, live_user, include_buffers, tensor_filter, theta0_hash, int(n_params), int(n_moved))
+
+
+def _attrs(
+    grid: Grid, theta0: _Origin, out: Path | None, ctx: distributed.Context | None, ref: torch.Tensor,
+    settings: dict[str, Any], *, names: list[str], bn: str, description: str, samples: int, tf32: bool,
+    tf32_error: float | None,
+) -> dict[str, Any]:
+    """The landscape's attributes at the start of a fresh run (``seconds`` 0, ``created`` now); ``ref`` is a
+    tensor of the borrowed model, on the device and in the dtype of the computation."""
+    directions = theta0.directions
+    attrs: dict[str, Any] = {
+        "lossmap_format": store.FORMAT,
+        "lossmap_format_version": store.FORMAT_VERSION,
+        "ndim": grid.ndim,
+        "metrics": names,
+        **directions.metadata(),
+        "moved_tensors": [n for n in theta0.tensors],
+        "bn_policy": bn,
+        "data": description,
+        "samples": samples,
+        "parameter_count": theta0.parameter_count,
+        "moved_parameter_count": theta0.moved_parameter_count,
+        "theta0_sha256": theta0.sha256,
+        "versions": versions(),
+        "directions_file": store.directions_path(out).name if out is not None else "",
+        "x_label": directions.labels[0] if directions.labels else "α",
+        "y_label": (directions.labels[1] if len(directions.labels) > 1 else "β") if grid.ndim == 2 else "",
+        "dtype": str(ref.dtype).replace("torch.", ""),
+        "device": str(ref.device),
+        "tf32": tf32,
+        **({} if tf32_error is None else {"tf32_centre_rel_error": tf32_error}),
+        "ranks": 1 if ctx is None else ctx.world,
+        "seconds": 0.0,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+    }
+    if grid.ndim == 1 and directions.markers:
+        attrs["markers"] = {k: v[:1] for k, v in directions.markers.items() if len(v) == 1 or v[1] == 0.0}
+    return attrs
+
+
+def _start_or_resume(
+    ctx: distributed.Context | None, out: Path | None, overwrite: bool, progress: bool, grid: Grid, names: list[str],
+    settings: dict[str, Any], attrs: dict[str, Any], chunk: int, guard: ExitStack,
+) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """``(values, done mask, chunk, resumed)``: a new run, or what ``out`` already holds when it was made with the
+    same settings, whose chunking it keeps. Rank 0 decides (taking the file's lock into ``guard``) and the other
+    ranks follow. ``attrs`` gets the run's ``created``, ``seconds`` so far and ``chunk``."""
+    primary = ctx is None or ctx.primary
+    values = np.full((grid.size, len(names)), np.nan)
+    mask = np.zeros(grid.size, dtype=bool)
+    existing = None
+    problem = None
+    if primary:
+        try:
+            if out is not None:
+                guard.enter_context(store.writer_lock(out))
+            existing = _open_existing(out, overwrite, settings, names)
+        except LossmapError as exc:
+            problem = str(exc)
+    if ctx is not None:
+        problem = _broadcast(ctx, problem)
+    if problem is not None:
+        raise LossmapError(problem)
+    if existing is not None:
+        values, mask = existing[0], existing[1]
+        attrs["created"] = existing[2].get("created", attrs["created"])
+        attrs["seconds"] = float(existing[2].get("seconds", 0.0) or 0.0)
+        # the file's chunking, so that every chunk holds the same points as before
+        chunk = _positive_int(existing[2].get("chunk"), chunk)
+    if ctx is not None:
+        mask, chunk, attrs["created"], attrs["seconds"] = _broadcast(
+            ctx, (mask, chunk, attrs["created"], attrs["seconds"])
+        )
+    attrs["chunk"] = chunk
+    if existing is not None:  # only rank 0 opens the file
+        done = int(mask.sum())
+        if done == grid.size:
+            _say(progress, f"{out} is complete ({grid.size} points): nothing to compute")
+        else:
+            _say(progress, f"resuming {out}: {done} of {grid.size} points are done, {grid.size - done} to go")
+    return values, mask, chunk, existing is not None
+
+
+def _evaluate_pending(
+    evaluator: Any, grid: Grid, chunk: int, values: np.ndarray, mask: np.ndarray, ctx: distributed.Context | None,
+    sink: _Sink | None, out: Path | None, progress: bool,
+) -> float:
+    """Evaluate the chunks that are not done yet, dealt out among the ranks; rank 0 fills ``values`` and ``mask``
+    and writes the file when due. Returns the seconds it took. On Ctrl-C, SIGTERM or a failed rank, the finished
+    points are saved first and the error says how many."""
+    primary = ctx is None or ctx.primary
+    coeffs = grid.coefficients()
+    order = grid.serpentine()
+    chunks = [order[lo : lo + chunk] for lo in range(0, len(order), chunk)]
+    pending = [k for k, idx in enumerate(chunks) if not mask[idx].all()]
+    world, rank = (1, 0) if ctx is None else (ctx.world, ctx.rank)
+    bar = None
+    if progress and primary and pending:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=grid.size, initial=int(mask.sum()), unit="pt", desc="landscape", leave=False, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for ids in distributed.deal(pending, world):
+            _evaluate_round(evaluator, ids[rank], coeffs, chunks, chunk, values, mask, ctx, bar)
+            if sink is not None and sink.due():  # only rank 0 has a sink
+                sink.flush()
+                if bar is not None:
+                    bar.set_postfix_str(f"saved {sink.saved}", refresh=False)
+    except BaseException as exc:
+        saved = _save_finished(sink, out)
+        if bar is not None:
+            bar.close()
+            bar = None
+        stop = _stop_error(exc, out, saved, primary, grid.size)
+        if stop is None:
+            raise
+        raise stop from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return time.perf_counter() - start
+
+
+def _evaluate_round(
+    evaluator: Any, mine: int, coeffs: np.ndarray, chunks: list[np.ndarray], chunk: int, values: np.ndarray,
+    mask: np.ndarray, ctx: distributed.Context | None, bar: Any,
+) -> None:
+    """One round: this rank evaluates its chunk ``mine`` (none when -1); rank 0 merges every rank's chunk."""
+    primary = ctx is None or ctx.primary
+    m = values.shape[1]  # the number of metrics
+    mine_values = evaluator.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, m))
+    if primary and mine >= 0:  # kept even if the exchange below fails
+        _merge([(mine, mine_values)], chunks, values, mask, bar)
+    if ctx is not None:
+        try:
+            gathered = distributed.gather_chunk(ctx, mine, mine_values, chunk, m)
+        except Exception as exc:  # noqa: BLE001 - a peer died or timed out
+            raise _PeerFailure(distributed.failure(exc)) from exc
+        if primary:
+            _merge([(cid, vals) for cid, vals in gathered if cid != mine], chunks, values, mask, bar)
+
+
+def _save_finished(sink: _Sink | None, out: Path | None) -> int | None:
+    """Write the finished points not yet in the file of a stopping run; how many the file holds (None: no file)."""
+    if sink is None:
+        return None
+    try:
+        if sink.writes_pending:
+            sink.flush()
+    except BaseException as save_exc:  # noqa: BLE001 - report the first failure; keep the old file
+        log.warning("could not save the finished points to %s: %s", out, save_exc)
+    return sink.saved
+
+
+def _stop_error(exc: BaseException, out: Path | None, saved: int | None, primary: bool, total: int) -> BaseException | None:
+    """What a run stopped by ``exc`` raises instead, saying what was saved and how to go on; None: ``exc`` itself."""
+    where = "" if out is None else f" in {out}"
+    kept = (
+        "nothing was saved (no output file)" if out is None
+        else (f"{saved} of {total} points saved{where}" if primary else f"rank 0 saves the finished points{where}")
+    )
+    if isinstance(exc, _PeerFailure):
+        return LossmapError(
+            f"another rank stopped answering ({exc}); {kept}; fix the failing rank (see its error) and rerun the same command to resume"
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        terminated = isinstance(exc, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        hint = "; rerun the same command to resume" if out is not None else ""
+        return (Terminated if terminated else Interrupted)(f"{what}; {kept}{hint}")
+    return None
+
 
 
 # ---------------------------------------------------------------------------------------------- helpers
