@@ -148,6 +148,55 @@ def test_float32_default_path_close_to_plain(data):
     assert_same(ev["fast"].evaluate_many(coeffs), ref, rtol=1e-4)
 
 
+def test_float32_paths_against_the_float64_oracle(data):
+    """fp32 with oneDNN's GEMM for the Linear layers: as close to the float64 loop as the plain fp32 loop is."""
+    oracle = evaluators(seed_net(), data, samples=64)["plain"]
+    ev = evaluators(seed_net(), data, dtype=torch.float32, samples=64)
+    assert "onednn-linear" in ev["fast"].features
+    coeffs = grid2(2, 2)
+    ref = oracle.evaluate_many(coeffs)
+    err_plain = np.abs(ev["plain"].evaluate_many(coeffs) - ref)[:, 0] / ref[:, 0]
+    err_fast = np.abs(ev["fast"].evaluate_many(coeffs) - ref)[:, 0] / ref[:, 0]
+    assert err_plain.max() < 1e-5 and err_fast.max() < 1e-5
+
+
+class FunctionalLinear(nn.Module):
+    """F.linear without nn.Linear: a 3-D input, no bias, a transposed (non-contiguous) weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(49, 32) / 7)  # used transposed
+        self.w2 = nn.Parameter(torch.randn(10, 16 * 32) / 20)
+        self.b2 = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x):
+        h = torch.tanh(F.linear(x.reshape(-1, 16, 49), self.w1.t()))  # (n, 16, 32)
+        return F.linear(h.flatten(1), self.w2, self.b2)
+
+
+def test_onednn_linear_routes_functional_calls_and_matches_float64(data):
+    torch.manual_seed(7)
+    model = FunctionalLinear()
+    oracle = evaluators(model, data, samples=40, bias="keep")["plain"]
+    torch.manual_seed(7)
+    ev = evaluators(FunctionalLinear(), data, dtype=torch.float32, samples=40, bias="keep")
+    fast = ev["fast"]
+    assert "onednn-linear" in fast.features
+    calls = []
+    op = fast._linear_mode.op
+    fast._linear_mode.op = lambda *a: calls.append(a[0].shape) or op(*a)
+    coeffs = grid2(2, 2)
+    ref = oracle.evaluate_many(coeffs)
+    assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-5)
+    assert len(calls) == 2 * 4 * len(fast.batches) and any(len(shape) == 3 for shape in calls)
+    n = len(calls)
+    F.linear(torch.ones(1, 2), torch.ones(1, 2))
+    assert len(calls) == n  # routed only inside the evaluator's forward
+    off = FastEvaluator(fast.model, fast.live, fast.origin, fast.directions, fast.batches, onednn_linear=False)
+    assert "onednn-linear" not in off.features
+    assert_same(off.evaluate_many(coeffs), ref, rtol=1e-5)
+
+
 @pytest.mark.parametrize("bn", ["frozen", "recompute"])
 def test_batchnorm_model_both_policies(data, bn, cache_any_first_layer):
     model = bn_net(data)

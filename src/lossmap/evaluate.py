@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .errors import LossmapError
@@ -414,6 +415,51 @@ class _FirstLayer:
         self.module.__dict__.pop("forward", None)
 
 
+def _onednn_linear_op() -> Callable | None:
+    """oneDNN's float32 GEMM for ``F.linear`` (``torch.ops.mkldnn._linear_pointwise``), if this build has it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None:
+        return None
+    try:
+        with torch.inference_mode():
+            x, w, b = torch.randn(3, 5), torch.randn(4, 5), torch.randn(4)
+            if not torch.allclose(op(x, w, b, "none", [None], ""), F.linear(x, w, b), rtol=1e-5, atol=1e-6):
+                return None
+    except (RuntimeError, TypeError):
+        return None
+    return op
+
+
+_PLAIN = (torch.Tensor, nn.Parameter)  # not tensor subclasses with their own dispatch
+
+
+class _OneDNNLinear(TorchFunctionMode):
+    """While active, float32 CPU ``F.linear`` calls (``nn.Linear`` included) run on oneDNN's GEMM.
+
+    Same arithmetic (IEEE float32 products and sums, only the summation order differs); every
+    other call passes through unchanged.
+    """
+
+    def __init__(self, op: Callable) -> None:
+        super().__init__()
+        self.op = op
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.linear and len(args) >= 2:
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if (
+                type(x) in _PLAIN and type(w) in _PLAIN and (b is None or type(b) in _PLAIN)
+                and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+                and w.dim() == 2 and x.dim() >= 1 and (b is None or b.dtype == torch.float32)
+            ):
+                return self.op(x, w, b, "none", [None], "")
+        return func(*args, **kwargs)
+
+
 class FastEvaluator(Evaluator):
     """The plain evaluator with the exact speed-ups above (sub-batches, channels_last, first layer).
 
@@ -429,6 +475,7 @@ class FastEvaluator(Evaluator):
         sub_batch: int | None = None,
         channels_last: bool | None = None,
         first_layer: bool | None = None,
+        onednn_linear: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -436,6 +483,12 @@ class FastEvaluator(Evaluator):
         device = self.origin[0].device
         if device.type == "cpu" and _alloc.tune():
             self.features.append("malloc")
+        self._linear_mode: _OneDNNLinear | None = None
+        if onednn_linear is not False and device.type == "cpu" and self.origin[0].dtype == torch.float32:
+            op = _onednn_linear_op()
+            if op is not None:
+                self._linear_mode = _OneDNNLinear(op)
+                self.features.append("onednn-linear")
         self._first: _FirstLayer | None = None
         self._overrides: dict[str, torch.Tensor] = {}
         self._user_live = list(self.live)
@@ -483,6 +536,12 @@ class FastEvaluator(Evaluator):
         return b
 
     def _forward(self, inputs: Any) -> torch.Tensor:
+        if self._linear_mode is not None:
+            with self._linear_mode:
+                return self._forward_plain(inputs)
+        return self._forward_plain(inputs)
+
+    def _forward_plain(self, inputs: Any) -> torch.Tensor:
         if self._overrides:
             return torch.func.functional_call(self.model, self._overrides, (inputs,))
         return self.model(inputs)
