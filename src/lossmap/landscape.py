@@ -172,14 +172,11 @@ def compute(
             description = data_description or describe_data(data, batches)
             use_tf32 = bool(tf32) and ref.device.type == "cuda"
             tf32_error = _tf32_error(evaluator, grid.ndim) if use_tf32 else None
-            settings = _settings(
-                grid, directions, theta0.sha256, description, batches, int(evaluator.total), names, bn,
-                bn_batches if bn == "recompute" else None, str(ref.dtype).replace("torch.", ""), use_tf32,
-            )
             attrs = _attrs(
-                grid, theta0, out, ctx, ref, settings, names=names, bn=bn, description=description,
+                grid, theta0, out, ctx, ref, names=names, bn=bn, description=description,
                 samples=int(evaluator.total), tf32=use_tf32, tf32_error=tf32_error,
             )
+            attrs["settings"] = settings = _settings(attrs, grid, directions, batches, bn_batches if bn == "recompute" else None)
             if ctx is not None:
                 _check_ranks_agree(ctx, settings)
 
@@ -270,12 +267,12 @@ def _theta0(
 
 
 def _attrs(
-    grid: Grid, theta0: _Origin, out: Path | None, ctx: distributed.Context | None, ref: torch.Tensor,
-    settings: dict[str, Any], *, names: list[str], bn: str, description: str, samples: int, tf32: bool,
-    tf32_error: float | None,
+    grid: Grid, theta0: _Origin, out: Path | None, ctx: distributed.Context | None, ref: torch.Tensor, *,
+    names: list[str], bn: str, description: str, samples: int, tf32: bool, tf32_error: float | None,
 ) -> dict[str, Any]:
-    """The landscape's attributes at the start of a fresh run (``seconds`` 0, ``created`` now); ``ref`` is a
-    tensor of the borrowed model, on the device and in the dtype of the computation."""
+    """The landscape's attributes at the start of a fresh run (``seconds`` 0, ``created`` now), but for the
+    ``settings`` made from them; ``ref`` is a tensor of the borrowed model, on the device and in the dtype of
+    the computation."""
     directions = theta0.directions
     attrs: dict[str, Any] = {
         "lossmap_format": store.FORMAT,
@@ -301,7 +298,6 @@ def _attrs(
         "ranks": 1 if ctx is None else ctx.world,
         "seconds": 0.0,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings,
     }
     if grid.ndim == 1 and directions.markers:
         attrs["markers"] = {k: v[:1] for k, v in directions.markers.items() if len(v) == 1 or v[1] == 0.0}
@@ -532,31 +528,19 @@ def _directions_hash(directions: Directions, count: int) -> str:
 
 
 def _settings(
-    grid: Grid, directions: Directions, theta0_hash: str, description: str, batches: Sequence[Batch],
-    samples: int, names: list[str], bn: str, bn_batches: Sequence[Batch] | None, dtype: str, tf32: bool = False,
+    attrs: Mapping[str, Any], grid: Grid, directions: Directions, batches: Sequence[Batch],
+    bn_batches: Sequence[Batch] | None,
 ) -> dict[str, Any]:
-    meta = directions.metadata()
-    settings = {
-        "theta0_sha256": theta0_hash,
+    """The run's :data:`SETTINGS_FIELDS`: those the attributes hold are taken from ``attrs``; the others (the
+    hashes of the directions and the data, the grid's coordinates) are worked out here."""
+    not_in_attrs = {
         "directions_sha256": _directions_hash(directions, grid.ndim),
-        "directions_kind": meta["directions_kind"],
-        "seed": meta["seed"],
-        "normalization": meta["normalization"],
-        "bias_policy": meta["bias_policy"],
-        "orthogonalized": meta["orthogonalized"],
-        "include_buffers": meta["include_buffers"],
-        "tensor_filter": meta["tensor_filter"],
         "x": [float(v) for v in grid.x],
         "y": None if grid.y is None else [float(v) for v in grid.y],
-        "data": description,
         "data_sha256": _batches_hash(batches),
-        "samples": samples,
-        "metrics": list(names),
-        "bn_policy": bn,
         "bn_data_sha256": _batches_hash(bn_batches),
-        "dtype": dtype,
-        "tf32": bool(tf32),
     }
+    settings = {key: not_in_attrs[key] if key in not_in_attrs else attrs[key] for key in SETTINGS_FIELDS}
     return json.loads(json.dumps(settings))  # the form it has after a round trip through the file
 
 
