@@ -46,9 +46,10 @@ SCRIPT = textwrap.dedent(
                                  metrics={"mean_out": mean_out}, flush_every=1, flush_seconds=0)
             np.save(f"{out}.rank{rank}.npy", np.stack([ds[m].values for m in ("loss", "accuracy", "mean_out")]))
     except (LossmapError, KeyboardInterrupt) as exc:
-        print(f"rank{rank} FAILED: {exc}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"rank{rank} FAILED: {exc}\\n")  # a line in one write: print writes its end apart, so ranks' lines could mix
         sys.exit(1)
-    print(f"rank{rank} evaluated {calls[0] // 4} points", flush=True)
+    sys.stdout.write(f"rank{rank} evaluated {calls[0] // 4} points\\n")
+    sys.stdout.flush()
     """
 )
 
