@@ -170,29 +170,8 @@ def test_ranks_with_different_models_are_refused(work):
     assert not out.exists()
 
 
-NETS = textwrap.dedent(
-    """
-    from torch import nn
-
-    def tiny():
-        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-    """
-)
-
-
-def test_torchrun_command_line_resumes_a_single_process_file(tmp_path):
-    import torch
-
-    from lossmap.models import load_model, save_checkpoint
-
-    (tmp_path / "nets.py").write_text(NETS)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", x=rng.normal(size=(40, 16)).astype(np.float32), y=rng.integers(0, 3, 40))
-    spec = f"{tmp_path / 'nets.py'}:tiny"
-    torch.manual_seed(0)
-    save_checkpoint(load_model(spec), tmp_path / "theta.safetensors")
-    args = ["surface", "--model", spec, "--checkpoint", str(tmp_path / "theta.safetensors"),
-            "--data", f"npz:{tmp_path / 'data.npz'}", "--x", "-1:1:7", "--y", "-1:0.5:5", "--flush-every", "1"]
+def test_torchrun_command_line_resumes_a_single_process_file(tmp_path, cli_files):
+    args = ["surface", *cli_files, "--x", "-1:1:7", "--y", "-1:0.5:5", "--flush-every", "1"]
     one = subprocess.run([sys.executable, "-m", "lossmap", *args, "--out", str(tmp_path / "one.nc")],
                          capture_output=True, text=True, timeout=120, env=_env())
     assert one.returncode == 0, one.stderr

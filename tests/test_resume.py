@@ -399,31 +399,6 @@ def test_sigterm_saves_and_says_so(tmp_path):
 
 # --------------------------------------------------------------------------- the command line
 
-NETS = textwrap.dedent(
-    """
-    from torch import nn
-
-    def tiny():
-        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-    """
-)
-
-
-@pytest.fixture()
-def cli_env(tmp_path):
-    (tmp_path / "nets.py").write_text(NETS)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", x=rng.normal(size=(40, 16)).astype(np.float32), y=rng.integers(0, 3, 40))
-    from lossmap.models import load_model, save_checkpoint
-
-    spec = f"{tmp_path / 'nets.py'}:tiny"
-    torch.manual_seed(0)
-    save_checkpoint(load_model(spec), tmp_path / "theta.safetensors")  # without it each run's θ0 is a new random net
-    base = ["surface", "--model", spec, "--checkpoint", tmp_path / "theta.safetensors", "--data", f"npz:{tmp_path / 'data.npz'}",
-            "--x", "-1:1:5", "--y", "-1:1:3", "--out", tmp_path / "o.nc"]
-    return tmp_path, base
-
-
 def _cli(argv, capsys):
     from lossmap.cli import main
 

@@ -1,0 +1,42 @@
+"""Fixtures shared by test modules."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+NETS = textwrap.dedent(
+    """
+    from torch import nn
+
+    def tiny():
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    """
+)
+
+
+@pytest.fixture()
+def cli_files(tmp_path) -> list[str]:
+    """A tiny model factory, a checkpoint of it and an npz data set in ``tmp_path``; the command-line
+    options that name them (``--model``, ``--checkpoint``, ``--data``)."""
+    import torch
+
+    from lossmap.models import load_model, save_checkpoint
+
+    (tmp_path / "nets.py").write_text(NETS)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(40, 16)).astype(np.float32), y=rng.integers(0, 3, 40))
+    spec = f"{tmp_path / 'nets.py'}:tiny"
+    torch.manual_seed(0)
+    save_checkpoint(load_model(spec), tmp_path / "theta.safetensors")  # without it each run's θ0 is a new random net
+    return ["--model", spec, "--checkpoint", str(tmp_path / "theta.safetensors"), "--data", f"npz:{tmp_path / 'data.npz'}"]
+
+
+@pytest.fixture()
+def cli_env(tmp_path, cli_files) -> tuple[Path, list[str]]:
+    """``(folder, argv)``: the arguments of a small ``surface`` run (5 × 3 points) of :func:`cli_files`'
+    model that writes ``folder/o.nc``."""
+    return tmp_path, ["surface", *cli_files, "--x", "-1:1:5", "--y", "-1:1:3", "--out", str(tmp_path / "o.nc")]
