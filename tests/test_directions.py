@@ -127,3 +127,77 @@ def test_check_names_shape_mismatch(net):
         d.check(live)
     with pytest.raises(LossmapError, match="no direction for conv1.weight"):
         d.check(dict(net.named_parameters()))
+
+
+def _big_net():
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(700, 1600), nn.ReLU(), nn.Linear(1600, 3))  # 1.1M-value weight: several pieces
+
+
+def test_orthogonalize_matches_whole_tensor_arithmetic():
+    from lossmap.directions import _dot, _norm
+
+    net = _big_net()
+    d0, d1 = (dict(d) for d in random_directions(net, 2, seed=4, bias="keep").tensors)
+    coef = _dot(d1, d0) / _dot(d0, d0)
+    n1 = _norm(d1)
+    ref = {n: d1[n] - d0[n] * coef for n in d1}
+    new = _norm(ref)
+    ref = {n: t * (n1 / new) for n, t in ref.items()}
+    got = random_directions(net, 2, seed=4, bias="keep", orthogonalize=True).tensors
+    assert all(torch.equal(got[0][n], d0[n]) for n in d0)
+    assert all(torch.equal(got[1][n], ref[n]) for n in ref)  # bit for bit
+
+
+def test_target_plane_matches_whole_tensor_arithmetic():
+    from lossmap.directions import _dot, _norm
+
+    a = {n: p.detach() for n, p in _big_net().named_parameters()}
+    g = torch.Generator().manual_seed(5)
+    b = {n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in a.items()}
+    c = {n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in a.items()}
+    d0 = {n: b[n] - a[n] for n in a}
+    r = {n: c[n] - a[n] for n in a}
+    n0 = _norm(d0)
+    t = _dot(r, d0) / (n0 * n0)
+    r = {n: r[n] - d0[n] * t for n in r}
+    nr = _norm(r)
+    d = target_directions(a, b, c)
+    assert all(torch.equal(d.tensors[0][n], d0[n]) for n in a)
+    assert all(torch.equal(d.tensors[1][n], r[n] * (n0 / nr)) for n in a)  # bit for bit
+    assert d.markers["C"] == [t, nr / n0]
+
+
+def test_tensor_hash_bytes_in_row_major_order():
+    import hashlib
+
+    from lossmap.space import tensor_hash
+
+    big = torch.arange(3 * 700 * 1000, dtype=torch.float32).reshape(3000, 700) / 7
+    tensors = {
+        "w": big, "wt": big.t(), "half": big[:, ::2].bfloat16(), "b": torch.arange(5.0), "s": torch.tensor(1.5),
+        "i": torch.arange(4), "long_rows": torch.arange(2 * 1_100_000, dtype=torch.float64).reshape(1_100_000, 2).t(),
+        "e": torch.empty(0, 3),
+    }
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    assert tensor_hash(tensors) == h.hexdigest()
+    # pinned: hashes stored in result files and directions must not change between versions
+    assert tensor_hash(tensors) == "1d04ef1c0aef3e2cbe73b3d991093eea291e166bc1cc2eca65354151165d1968"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_check_finite_finds_a_value_in_any_piece(bad):
+    from lossmap.space import check_finite
+
+    for where in (0, 1_500_000, 3_000_000 - 1):
+        t = torch.zeros(3_000_000)
+        t[where] = bad
+        with pytest.raises(LossmapError, match="model A has non-finite values in 'x'"):
+            check_finite({"ok": torch.ones(3), "x": t}, "model A")
+        with pytest.raises(LossmapError, match="non-finite values in 'x'"):
+            check_finite({"x": t.reshape(1000, 3000).t()})  # not contiguous
+    check_finite({"x": torch.zeros(3_000_000), "i": torch.arange(3)})

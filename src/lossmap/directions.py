@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import LossmapError
-from .space import check_finite, select_tensors, tensor_hash
+from .space import _pieces, check_finite, select_tensors, tensor_hash
 
 NORMALIZATIONS = ("filter", "layer", "model", "none")
 BIAS_POLICIES = ("zero", "filter", "keep")
@@ -57,6 +57,20 @@ def _dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
 
 def _norm(a: Mapping[str, torch.Tensor]) -> float:
     return math.sqrt(_dot(a, a))
+
+
+def _sub_scaled_(dst: torch.Tensor, src: torch.Tensor, coef: float) -> torch.Tensor:
+    """``dst - src * coef``, in place in ``dst`` and in pieces where it can be: the product is
+    rounded exactly as ``src * coef`` would be, but no full-size temporary is made
+    (``sub_(src, alpha=coef)`` may fuse the two and round once, which changes the bits)."""
+    if dst.dtype != torch.result_type(dst, src) or dst.shape != src.shape:
+        return dst - src * coef  # the result's dtype or shape is not dst's
+    if dst.is_contiguous() and src.is_contiguous():
+        for d, s in zip(_pieces(dst), _pieces(src)):
+            d.sub_(s * coef)
+    else:
+        dst.sub_(src * coef)
+    return dst
 
 
 @dataclass
@@ -283,7 +297,7 @@ def random_directions(
         if n0sq > 0:
             coef = _dot(d1, d0) / n0sq
             for n in d1:
-                d1[n].sub_(d0[n] * coef)
+                d1[n] = _sub_scaled_(d1[n], d0[n], coef)
             new = _norm(d1)
             if new > 0:
                 for n in d1:
@@ -342,12 +356,14 @@ def target_directions(
     check_finite(pc, f"model {names[2]}")
     r = {n: (pc[n].detach() - pa[n].detach()) for n in pa}
     t = _dot(r, d0) / (n0 * n0)
-    for n in r:
-        r[n] = r[n] - d0[n] * t
+    for n in r:  # in place, in pieces: no second copy of the residual
+        r[n] = _sub_scaled_(r[n], d0[n], t)
     nr = _norm(r)
     if nr <= 1e-6 * n0:  # collinear up to float32 rounding
         raise LossmapError(f"models {names[0]}, {names[1]}, {names[2]} lie on one line: no plane passes through them")
-    d1 = {n: r[n] * (n0 / nr) for n in r}
+    d1 = r
+    for n in d1:
+        d1[n].mul_(n0 / nr)
     return Directions(
         tensors=[d0, d1], kind="target", normalization="none", bias_policy="keep",
         include_buffers=include_buffers, tensor_filter=tensor_filter,

@@ -51,19 +51,63 @@ def select_tensors(
     return chosen
 
 
+# Whole-tensor work on a large model is done in pieces of at most this many values, so the
+# temporaries it needs (a host copy, a packed copy, isfinite's |t| and boolean masks) stay a few MB
+# instead of a multiple of the largest tensor.
+_PIECE = 1 << 20
+
+
+def _pieces(t: torch.Tensor, limit: int = _PIECE) -> Iterator[torch.Tensor]:
+    """Views of ``t`` that together cover it in row-major order, each of at most ``limit`` values.
+    Views only: nothing is copied."""
+    if t.dim() == 0 or t.numel() <= limit:
+        yield t
+    elif t.is_contiguous():
+        flat = t.view(-1)
+        for lo in range(0, flat.numel(), limit):
+            yield flat[lo : lo + limit]
+    elif t.dim() == 1:
+        for lo in range(0, t.shape[0], limit):
+            yield t[lo : lo + limit]
+    else:
+        row = t[0].numel()
+        if row > limit:
+            for i in range(t.shape[0]):
+                yield from _pieces(t[i], limit)
+        else:
+            step = limit // row
+            for lo in range(0, t.shape[0], step):
+                yield t[lo : lo + step]
+
+
 def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, shapes, dtypes and raw bytes, in name order (device independent)."""
+    """SHA-256 over names, shapes, dtypes and raw bytes, in name order (device independent).
+
+    The bytes are fed piece by piece, in row-major order: a contiguous CPU tensor is hashed from its
+    own memory; other tensors are packed or copied to the host one piece at a time.
+    """
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        for piece in _pieces(t):
+            h.update(piece.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str = "θ0") -> None:
+    """Raise LossmapError if a floating-point tensor holds NaN or ±inf.
+
+    Checked piece by piece: ``torch.isfinite`` of a whole tensor would make a full-size |t| and
+    boolean masks (about twice the tensor's bytes).
+    """
     for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not t.is_floating_point():
+            continue
+        ok = torch.ones((), dtype=torch.bool, device=t.device)
+        for piece in _pieces(t.detach()):
+            ok &= torch.isfinite(piece).all()
+        if not bool(ok):
             raise LossmapError(f"{what} has non-finite values in {name!r}: load a checkpoint without NaN/inf weights")
 
 
