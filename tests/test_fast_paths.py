@@ -420,3 +420,33 @@ def test_conv_weight_shared_by_two_modules(data):
     ref = ev["plain"].evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
         assert_same(ev[engine].evaluate_many(coeffs), ref)
+
+
+def test_bf16_autocast_every_engine_within_its_bound(data):
+    """bf16 autocast: each engine within 1e-2 of the float64 loop, and really in bf16 (not fp32-exact)."""
+    oracle = evaluators(seed_net(), data, samples=64)["plain"]
+    coeffs = grid2(2, 2)
+    ref = oracle.evaluate_many(coeffs)
+    ev = evaluators(seed_net(), data, dtype=torch.float32, samples=64, autocast=torch.bfloat16)
+    assert "autocast bfloat16" in ev["fast"].features and "onednn-linear" not in ev["fast"].features
+    for engine, e in ev.items():
+        got = e.evaluate_many(coeffs)
+        assert got.dtype == np.float64
+        rel = np.abs(got[:, 0] - ref[:, 0]) / ref[:, 0]
+        assert rel.max() < 1e-2, engine
+        assert rel.max() > 1e-5, engine  # fp32 arithmetic would be within 1e-6: bf16 was in use
+        assert np.abs(got[:, 1] - ref[:, 1]).max() <= 3 / 64  # accuracy: at most a few of 64 samples flip
+
+
+def test_bf16_error_at_the_centre_is_recorded_exactly(data):
+    kw = dict(x="-1:1:3", y="-1:1:3", samples=48, batch_size=16, seed=2)
+    exact = compute(seed_net(), data, **kw)
+    fast = compute(seed_net(), data, bf16=True, **kw)
+    assert fast.attrs["bf16"] and not exact.attrs["bf16"] and "bf16_centre_rel_error" not in exact.attrs
+    centre = dict(x=0.0, y=0.0)
+    rel = max(abs(float(fast[m].sel(centre)) - float(exact[m].sel(centre))) / abs(float(exact[m].sel(centre)))
+              for m in ("loss", "accuracy"))
+    assert fast.attrs["bf16_centre_rel_error"] == pytest.approx(rel, rel=1e-9, abs=1e-12)
+    assert 1e-6 < fast.attrs["bf16_centre_rel_error"] < 1e-2
+    with pytest.raises(LossmapError, match="bf16 autocast needs float32"):
+        compute(seed_net(), data, bf16=True, dtype="float64", **kw)

@@ -8,6 +8,7 @@ Sums are accumulated on the device in float64 and read back once per point.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -176,6 +177,10 @@ class Evaluator:
     ``metrics[name](outputs, batch)`` return the batch *mean*; they are weighted by batch size.
     Without ``loss_fn`` the loss is cross-entropy on class targets (MSE on float targets of the
     outputs' shape), and top-1 accuracy is added for class targets.
+
+    ``autocast`` (e.g. ``torch.bfloat16``): forward passes run under ``torch.autocast`` with that
+    dtype (convolutions and matmuls in it, parameters and sums stay in their own dtype); the
+    outputs are widened back before the metrics.
     """
 
     engine = "plain"
@@ -194,6 +199,7 @@ class Evaluator:
         bn: str = "frozen",
         bn_batches: Sequence[Batch] | None = None,
         forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if bn not in BN_POLICIES:
             raise LossmapError(f"batch-norm policy {bn!r} is unknown: choose one of {', '.join(BN_POLICIES)}")
@@ -210,11 +216,25 @@ class Evaluator:
         self.bn_batches = list(bn_batches) if bn_batches is not None else self.batches
         self.bn_modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.forward = forward
+        self.autocast = autocast
         base = ["loss"] + (["accuracy"] if self.accuracy else [])
         self.metric_names = base + [n for n in self.extra if n not in base]
         self.n_metrics = len(self.metric_names)
         self._extra_names = self.metric_names[len(base):]
         self._acc = torch.zeros(self.n_metrics, dtype=torch.float64, device=self.origin[0].device)
+
+    def _amp(self) -> contextlib.AbstractContextManager:
+        """The autocast context of a forward pass (nothing without ``autocast``)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.origin[0].device.type, dtype=self.autocast)
+
+    def _widen(self, out: Any) -> Any:
+        """Autocast outputs back in the parameters' dtype, so that metrics sum in full precision."""
+        dtype = self.origin[0].dtype
+        if self.autocast is not None and isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != dtype:
+            return out.to(dtype)
+        return out
 
     def _run(self, b: Batch) -> torch.Tensor:
         return self.model(b.inputs) if self.forward is None else self.forward(self.model, b.raw)
@@ -245,7 +265,9 @@ class Evaluator:
         acc.zero_()
         with torch.inference_mode():
             for j, b in enumerate(self.batches):
-                self._accumulate(acc, self._output(j, b, coeffs), b)
+                with self._amp():
+                    out = self._output(j, b, coeffs)
+                self._accumulate(acc, self._widen(out), b)
         return (acc / self.total).tolist()
 
     def _output(self, j: int, b: Batch, coeffs: Sequence[float]) -> torch.Tensor:
@@ -484,7 +506,9 @@ class FastEvaluator(Evaluator):
         if device.type == "cpu" and _alloc.tune():
             self.features.append("malloc")
         self._linear_mode: _OneDNNLinear | None = None
-        if onednn_linear is not False and device.type == "cpu" and self.origin[0].dtype == torch.float32:
+        if self.autocast is not None:
+            self.features.append(f"autocast {str(self.autocast).replace('torch.', '')}")
+        if onednn_linear is not False and device.type == "cpu" and self.origin[0].dtype == torch.float32 and self.autocast is None:
             op = _onednn_linear_op()
             if op is not None:
                 self._linear_mode = _OneDNNLinear(op)
@@ -754,7 +778,9 @@ class VmapEvaluator(FastEvaluator):
         model.eval()
         with torch.inference_mode():
             for b in self.batches:
-                out = torch.vmap(f, in_dims=(0, None))(params, b.inputs)  # (P, batch, …)
+                with self._amp():
+                    out = torch.vmap(f, in_dims=(0, None))(params, b.inputs)  # (P, batch, …)
+                out = self._widen(out)
                 if self.loss_fn is None and not self.extra:
                     t = b.targets
                     if isinstance(t, torch.Tensor) and t.is_floating_point() and t.shape == out.shape[1:]:

@@ -52,6 +52,7 @@ SETTINGS_FIELDS = {
     "bn_data_sha256": "batch-norm data (hash)",
     "dtype": "dtype",
     "tf32": "TF32 on the GPU",
+    "bf16": "bfloat16 autocast",
 }
 
 
@@ -116,6 +117,7 @@ def compute(
     chunk: int | None = None,
     engine: str = "auto",
     tf32: bool = False,
+    bf16: bool = False,
     flush_every: int | None = None,
     flush_seconds: float = 10.0,
 ) -> xr.Dataset:
@@ -138,6 +140,9 @@ def compute(
     ``vmap`` batch on a GPU) of the grid's serpentine order (the file is written
     between chunks); a chunk always holds the same points — a resumed run keeps the file's ``chunk`` —
     so a resumed run gives the same values bit for bit as an uninterrupted one.
+    ``tf32`` (CUDA) and ``bf16`` (``torch.autocast`` to bfloat16, CPU or CUDA) trade precision for
+    speed; the relative error they cause at the centre is measured and stored
+    (``tf32_centre_rel_error``, ``bf16_centre_rel_error``).
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the chunks are shared among the ranks and rank 0 writes
     ``out``; see :mod:`lossmap.distributed`.
     """
@@ -163,18 +168,22 @@ def compute(
             dirs = [[d[n].to(device=ref.device, dtype=live[n].dtype) for n in live] for d in directions.tensors[: grid.ndim]]
             batches = prepare_batches(data, batch_size, samples, ref.device, dtype)
             bn_batches = None if bn_data is None else prepare_batches(bn_data, batch_size, None, ref.device, dtype)
+            if bf16 and ref.dtype != torch.float32:
+                raise LossmapError(f"bf16 autocast needs float32 parameters, not {str(ref.dtype).replace('torch.', '')}: "
+                                   "drop the dtype or use float32")
             evaluator = make_evaluator(
-                lease.model, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward, engine=engine
+                lease.model, list(live.values()), origin, dirs, batches, loss_fn, metrics, bn, bn_batches, forward,
+                torch.bfloat16 if bf16 else None, engine=engine,
             )
             # the evaluator knows how many points per call suit it (vmap: several per forward)
             chunk = evaluator.preferred_chunk if chunk is None else int(chunk)
             names = evaluator.metric_names
             description = data_description or describe_data(data, batches)
             use_tf32 = bool(tf32) and ref.device.type == "cuda"
-            tf32_error = _tf32_error(evaluator, grid.ndim) if use_tf32 else None
+            errors = _reduced_precision_errors(evaluator, grid.ndim, use_tf32)
             attrs = _attrs(
                 grid, theta0, out, ctx, ref, names=names, bn=bn, description=description,
-                samples=int(evaluator.total), tf32=use_tf32, tf32_error=tf32_error,
+                samples=int(evaluator.total), tf32=use_tf32, bf16=bool(bf16), errors=errors,
             )
             attrs["settings"] = settings = _settings(attrs, grid, directions, batches, bn_batches if bn == "recompute" else None)
             if ctx is not None:
@@ -268,7 +277,7 @@ def _theta0(
 
 def _attrs(
     grid: Grid, theta0: _Origin, out: Path | None, ctx: distributed.Context | None, ref: torch.Tensor, *,
-    names: list[str], bn: str, description: str, samples: int, tf32: bool, tf32_error: float | None,
+    names: list[str], bn: str, description: str, samples: int, tf32: bool, bf16: bool, errors: dict[str, float],
 ) -> dict[str, Any]:
     """The landscape's attributes at the start of a fresh run (``seconds`` 0, ``created`` now), but for the
     ``settings`` made from them; ``ref`` is a tensor of the borrowed model, on the device and in the dtype of
@@ -294,7 +303,8 @@ def _attrs(
         "dtype": str(ref.dtype).replace("torch.", ""),
         "device": str(ref.device),
         "tf32": tf32,
-        **({} if tf32_error is None else {"tf32_centre_rel_error": tf32_error}),
+        "bf16": bf16,
+        **errors,
         "ranks": 1 if ctx is None else ctx.world,
         "seconds": 0.0,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -646,14 +656,30 @@ def _precision(device: str | torch.device, tf32: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _tf32_error(evaluator: Any, ndim: int) -> float:
-    """Largest relative difference of the metrics at the centre between TF32 and full fp32."""
+def _reduced_precision_errors(evaluator: Any, ndim: int, tf32: bool) -> dict[str, float]:
+    """The largest relative difference of the metrics at the centre between each reduced precision
+    in use (TF32, bf16 autocast) and the same run without it: ``{"tf32_centre_rel_error": e, …}``."""
+    amp = evaluator.autocast
+    if not tf32 and amp is None:
+        return {}
     centre = np.zeros((1, ndim))
-    fast = evaluator.evaluate_many(centre)
-    with _precision("cuda", False):
-        exact = evaluator.evaluate_many(centre)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.nanmax(np.abs(fast - exact) / np.maximum(np.abs(exact), 1e-30)))
+    used = evaluator.evaluate_many(centre)
+
+    def rel(exact: np.ndarray) -> float:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.nanmax(np.abs(used - exact) / np.maximum(np.abs(exact), 1e-30)))
+
+    errors = {}
+    if tf32:
+        with _precision("cuda", False):
+            errors["tf32_centre_rel_error"] = rel(evaluator.evaluate_many(centre))
+    if amp is not None:
+        evaluator.autocast = None
+        try:
+            errors["bf16_centre_rel_error"] = rel(evaluator.evaluate_many(centre))
+        finally:
+            evaluator.autocast = amp
+    return errors
 
 
 def _landscape(grid: Grid, names: list[str], values: np.ndarray, attrs: dict[str, Any], mask: np.ndarray) -> xr.Dataset:
