@@ -7,6 +7,8 @@ really in use, so a silent fallback to the plain path cannot pass for a fast pat
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -450,3 +452,70 @@ def test_bf16_error_at_the_centre_is_recorded_exactly(data):
     assert 1e-6 < fast.attrs["bf16_centre_rel_error"] < 1e-2
     with pytest.raises(LossmapError, match="bf16 autocast needs float32"):
         compute(seed_net(), data, bf16=True, dtype="float64", **kw)
+
+
+class ReluVariants(nn.Module):
+    """Conv → ReLU written four ways, one conv whose output is used twice (not fusable), a conv
+    with a hook (not fused), and a forward that reads ``self.training``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2)
+        self.act = nn.ReLU(inplace=True)
+        self.c3 = nn.Conv2d(4, 6, 3, padding="same")
+        self.c4 = nn.Conv2d(6, 6, 1)
+        self.c5 = nn.Conv2d(6, 6, 3, padding=1, groups=2)
+        self.c6 = nn.Conv2d(6, 6, 1)
+        self.fc = nn.Linear(6 * 13 * 13, 10)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = self.act(self.c2(x))
+        x = torch.relu(self.c3(x))
+        y = self.c4(x)
+        x = y.relu() + torch.tanh(y)  # c4's output has two users
+        x = self.c5(x).relu_()
+        x = F.relu(self.c6(x))
+        x = F.dropout(x, 0.5, self.training)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_conv_relu_fusion_matches_the_float64_loop(data):
+    torch.manual_seed(4)
+    model = ReluVariants()
+    model.c6.register_forward_hook(lambda m, i, o: o * 1.5)  # a hooked module keeps its own call
+    model.train()  # fusion traces in evaluation mode, so the dropout in the graph is off
+    oracle = evaluators(copy.deepcopy(model), data, samples=40, bias="keep")["plain"]
+    ev = evaluators(model, data, dtype=torch.float32, samples=40, bias="keep")
+    fast = ev["fast"]
+    assert "conv+relu fused x4" in fast.features  # c1, c2, c3 and c5; not c4 (two users) nor c6 (hook)
+    coeffs = grid2(2, 2)
+    ref = oracle.evaluate_many(coeffs)
+    assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-5)
+    assert_same(ev["plain"].evaluate_many(coeffs), ref, rtol=1e-5)
+    off = FastEvaluator(fast.model, fast._user_live, fast.origin, fast.directions, fast.batches, fuse=False)
+    assert not any(f.startswith("conv+relu") for f in off.features)
+    np.testing.assert_array_equal(off.evaluate_many(coeffs), fast.evaluate_many(coeffs))  # the post-op ReLU is exact
+
+
+def test_untraceable_model_keeps_its_own_forward(data):
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x):
+            h = F.relu(self.c(x))
+            if h.mean() > 0:  # data-dependent control flow: symbolic tracing fails
+                h = h * 2
+            return self.fc(h.flatten(1))
+
+    torch.manual_seed(5)
+    oracle = evaluators(Branchy(), data, samples=24)["plain"]
+    torch.manual_seed(5)
+    fast = evaluators(Branchy(), data, dtype=torch.float32, samples=24)["fast"]
+    assert not any(f.startswith("conv+relu") for f in fast.features) and "channels_last" in fast.features
+    coeffs = grid2(2, 2)
+    assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-5)
