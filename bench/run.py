@@ -9,7 +9,8 @@ Contenders (every one in its own fresh process, so allocator settings and peak m
       pass under ``no_grad`` and ``.item()`` per batch (default allocator, no tuning);
   (b) loss-landscapes 3.0.6 ``random_plane`` with its ``Loss`` metric on the same samples and number
       of points (its own random plane, so its losses are not compared point by point);
-  (c) lossmap ``compute()`` with default settings; (d) lossmap with its fastest settings here.
+  (c) lossmap ``compute()`` with default settings; (d) lossmap with its fastest settings here (bf16
+      autocast, whose error against (a) and at the centre is reported; on a GPU also vmap, 64 points per forward).
 Also: GFLOP/s (``torch.utils.flop_counter``) against a same-run fp32 matmul at the same thread count,
 max |Δloss| against (a), time against samples and points, peak RSS, a ~100M-parameter memory check,
 and whole processes from the command line on a 9×9 grid. Results: a table here and JSON under
@@ -128,15 +129,27 @@ def w_matmul(cfg):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak, like the contenders' fp32 work
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    torch.mm(a, b)
-    sync()
-    best = float("inf")
-    for _ in range(cfg.get("reps", 3)):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return {"n": n, "seconds": best, "gflops": 2 * n**3 / best / 1e9, "threads": torch.get_num_threads()}
+    # torch.mm takes MKL's sgemm on CPU builds, which on non-Intel CPUs may run a narrower code path
+    # than the hardware allows; oneDNN's GEMM (what convolutions use) shows what the cores can do.
+    # The peak is the faster of the two.
+    gemms = {"torch_mm": torch.mm}
+    onednn = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if device.type == "cpu" and onednn is not None and torch.backends.mkldnn.is_available():
+        gemms["onednn"] = lambda x, y: onednn(x, y, None, "none", [None], "")  # x @ y.T: the same 2n³ FLOPs
+    out = {"n": n, "threads": torch.get_num_threads()}
+    with torch.inference_mode():
+        for name, gemm in gemms.items():
+            gemm(a, b)
+            sync()
+            best = float("inf")
+            for _ in range(cfg.get("reps", 3)):
+                t = time.perf_counter()
+                gemm(a, b)
+                sync()
+                best = min(best, time.perf_counter() - t)
+            out[f"gflops_{name}"] = 2 * n**3 / best / 1e9
+    out["gflops"] = max(v for k, v in out.items() if k.startswith("gflops_"))
+    return out
 
 
 def w_flops(cfg):
@@ -223,13 +236,15 @@ def w_lossmap(cfg):
     model = trained_model()
     x, y = load_xy(cfg["samples"])
     spec = f"-1:1:{cfg['grid']}"
-    kw = {k: cfg[k] for k in ("engine", "chunk", "batch_size", "device") if cfg.get(k) is not None}
+    kw = {k: cfg[k] for k in ("engine", "chunk", "batch_size", "device", "tf32", "bf16") if cfg.get(k) is not None}
     d = plane(model)
     start, cpu = time.perf_counter(), time.process_time()
     ds = compute(model, (x, y), x=spec, y=spec, directions=d, **kw)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    errors = {k: float(v) for k, v in ds.attrs.items() if k.endswith("_centre_rel_error")}
     return {"seconds": seconds, "cpu_seconds": cpu, "loop_seconds": float(ds.attrs["seconds"]), "loss": ds.loss.values.tolist(),
-            "accuracy": ds.accuracy.values.tolist(), "peak_rss_mb": peak_rss_mb(), "features": _features(model, x, y, d, kw)}
+            "accuracy": ds.accuracy.values.tolist(), "peak_rss_mb": peak_rss_mb(), "features": _features(model, x, y, d, kw),
+            **errors}
 
 
 def _features(model, x, y, d, kw):
@@ -242,7 +257,8 @@ def _features(model, x, y, d, kw):
     batches = prepare_batches((x, y), kw.get("batch_size", 256), device=kw.get("device", "cpu"))
     if kw.get("device", "cpu") != "cpu":
         return [f"{kw.get('engine', 'auto')} on {kw['device']}"]
-    ev = make_evaluator(model, list(live.values()), origin, dirs, batches, engine=kw.get("engine", "auto"))
+    amp = __import__("torch").bfloat16 if kw.get("bf16") else None
+    ev = make_evaluator(model, list(live.values()), origin, dirs, batches, autocast=amp, engine=kw.get("engine", "auto"))
     with __import__("torch").no_grad():
         for p, o in zip(live.values(), origin):
             p.copy_(o)
@@ -268,6 +284,7 @@ def w_lever(cfg):
     if opts is None:
         ev = Evaluator(model, list(live.values()), origin, dirs, batches)
     else:
+        opts = {k: getattr(torch, v) if k == "autocast" else v for k, v in opts.items()}
         ev = FastEvaluator(model, list(live.values()), origin, dirs, batches, **opts)
     g = np.linspace(-1, 1, cfg.get("side", 3))
     coeffs = np.array([[a, b] for a in g for b in g])
@@ -288,6 +305,9 @@ LEVERS = [("plain loop (batch 256)", None, {}),
           ("fast without malloc", {}, {"LOSSMAP_MALLOC": "0"}),
           ("fast without sub-batches", {"sub_batch": 100000}, {}),
           ("fast without channels_last", {"channels_last": False}, {}),
+          ("fast without oneDNN linear", {"onednn_linear": False}, {}),
+          ("fast without conv+ReLU fusion", {"fuse": False}, {}),
+          ("fast + bf16 autocast", {"autocast": "bfloat16"}, {}),
           ("fast + cached first layer", {"first_layer": True}, {})]
 
 
@@ -459,14 +479,17 @@ def main(argv=None) -> int:
 
     res["matmul_before"] = run_worker("matmul", {"threads": args.threads, "n": 2048 if args.quick else 4096, "device": args.device})
     res["flops"] = run_worker("flops", {"threads": args.threads})
-    say(f"fp32 matmul peak: {res['matmul_before']['gflops']:.1f} GFLOP/s ({res['matmul_before']['threads']} threads); "
+    mm = res["matmul_before"]
+    say(f"fp32 matmul peak: {mm['gflops']:.1f} GFLOP/s ("
+        + ", ".join(f"{k[len('gflops_'):]} {v:.1f}" for k, v in mm.items() if k.startswith("gflops_"))
+        + f"; {mm['threads']} threads); "
         f"forward {res['flops']['flops_per_sample'] / 1e6:.2f} MFLOP/sample")
 
     contenders = [("a", "tutorial loop", "tutorial", {}),
                   ("b", "loss-landscapes 3.0.6", "loss_landscapes", {}),
                   ("c", "lossmap default", "lossmap", {}),
-                  ("d", "lossmap fastest", "lossmap",
-                   {"engine": "fast"} if args.device == "cpu" else {"engine": "vmap", "chunk": 64})]
+                  ("d", "lossmap fastest (bf16)", "lossmap",
+                   {"bf16": True} if args.device == "cpu" else {"engine": "vmap", "chunk": 64, "bf16": True})]
     if args.vmap:
         contenders.append(("e", "lossmap vmap", "lossmap", {"engine": "vmap", "chunk": 16}))
     rows: dict = {}
