@@ -519,3 +519,18 @@ def test_untraceable_model_keeps_its_own_forward(data):
     assert not any(f.startswith("conv+relu") for f in fast.features) and "channels_last" in fast.features
     coeffs = grid2(2, 2)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-5)
+
+
+def test_onednn_shortcuts_stand_aside_under_a_users_autocast():
+    """Inside a caller's CPU autocast, linear and conv+ReLU go through autocast (bf16), not fp32 oneDNN."""
+    from lossmap.evaluate import _conv_relu, _OneDNNLinear, _onednn_linear_op
+
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    img, k = torch.randn(2, 1, 6, 6), torch.randn(2, 1, 3, 3)
+    with torch.inference_mode(), _OneDNNLinear(_onednn_linear_op()):
+        assert F.linear(x, w).dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert F.linear(x, w).dtype == torch.bfloat16
+            assert _conv_relu(img, k, None, (1, 1), (0, 0), (1, 1), 1).dtype == torch.bfloat16
+    ref = F.relu(F.conv2d(img, k))
+    torch.testing.assert_close(_conv_relu(img, k, None, (1, 1), (0, 0), (1, 1), 1), ref, rtol=1e-6, atol=1e-6)

@@ -453,12 +453,19 @@ class _FirstLayer:
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
 
 
+def _cpu_autocast_on() -> bool:
+    """Whether a CPU ``torch.autocast`` is active (then the float32 oneDNN shortcuts stand aside)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def _conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any, padding: Any,
                dilation: Any, groups: int) -> torch.Tensor:
     """``relu(conv2d(x))`` as one oneDNN convolution with a ReLU post-op where it applies (float32 CPU)."""
     if (
-        x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 4
-        and not torch.is_autocast_enabled("cpu")
+        x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 4 and not _cpu_autocast_on()
     ):
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, list(padding), list(stride), list(dilation), groups, "relu", [None], ""
@@ -563,7 +570,7 @@ class _OneDNNLinear(TorchFunctionMode):
             if (
                 type(x) in _PLAIN and type(w) in _PLAIN and (b is None or type(b) in _PLAIN)
                 and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and w.dim() == 2 and x.dim() >= 1 and (b is None or b.dtype == torch.float32)
+                and w.dim() == 2 and x.dim() >= 1 and (b is None or b.dtype == torch.float32) and not _cpu_autocast_on()
             ):
                 return self.op(x, w, b, "none", [None], "")
         return func(*args, **kwargs)
