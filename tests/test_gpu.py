@@ -1,4 +1,4 @@
-"""CUDA paths against the CPU float64 reference (skipped without a GPU), and the TF32 switch."""
+"""CUDA paths against the CPU float64 reference (skipped without a GPU), the TF32 switch and bf16 autocast."""
 
 from __future__ import annotations
 
@@ -58,3 +58,14 @@ def test_tf32_is_opt_in_and_its_error_is_recorded(setting):
     net, data, d = setting
     got = lossmap.compute(net, data, "-1:1:3", "-1:1:3", directions=d, device="cuda", tf32=True)
     assert got.attrs["tf32"] and 0 <= got.attrs["tf32_centre_rel_error"] < 1e-2
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("engine", ["fast", "vmap"])
+def test_bf16_autocast_on_cuda_within_its_bound(setting, engine):
+    net, data, d = setting
+    ref = lossmap.compute(net, data, "-1:1:3", "-1:1:3", directions=d, dtype="float64", engine="plain")
+    got = lossmap.compute(net, data, "-1:1:3", "-1:1:3", directions=d, device="cuda", engine=engine, bf16=True)
+    np.testing.assert_allclose(got.loss.values, ref.loss.values, rtol=2e-2)
+    assert got.attrs["bf16"] and 1e-6 < got.attrs["bf16_centre_rel_error"] < 2e-2
