@@ -559,3 +559,9 @@ def test_model_with_tuple_output_and_a_user_loss(data):
     assert isinstance(fast, FastEvaluator) and not any(f.startswith("conv+relu") for f in fast.features)
     coeffs = grid2(2, 2)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-5)
+
+
+def test_onednn_switched_off_by_the_user_is_respected(data, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    fast = evaluators(seed_net(), data, dtype=torch.float32, samples=16)["fast"]
+    assert "onednn-linear" not in fast.features and not any(f.startswith("conv+relu") for f in fast.features)

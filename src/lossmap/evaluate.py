@@ -453,6 +453,14 @@ class _FirstLayer:
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
 
 
+def _onednn_usable(op: str) -> bool:
+    """Whether this build has oneDNN op ``torch.ops.mkldnn.<op>`` and oneDNN is not switched off."""
+    return (
+        torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+        and hasattr(getattr(torch.ops, "mkldnn", None), op)
+    )
+
+
 def _cpu_autocast_on() -> bool:
     """Whether a CPU ``torch.autocast`` is active (then the float32 oneDNN shortcuts stand aside)."""
     try:
@@ -498,7 +506,7 @@ def _fuse_conv_relu(model: nn.Module, skip: nn.Module | None) -> tuple[torch.fx.
     """``model``'s forward as an FX graph in which each Conv2d whose only use is a ReLU runs as
     :func:`_conv_relu`, reading the module's own weight and bias (so in-place writes and
     ``functional_call`` overrides reach it); ``None`` where the model cannot be traced or nothing fuses."""
-    if not any(type(m) is nn.Conv2d for m in model.modules()):
+    if not _onednn_usable("_convolution_pointwise") or not any(type(m) is nn.Conv2d for m in model.modules()):
         return None
     try:
         gm = torch.fx.symbolic_trace(model)
@@ -533,11 +541,9 @@ def _fuse_conv_relu(model: nn.Module, skip: nn.Module | None) -> tuple[torch.fx.
 
 def _onednn_linear_op() -> Callable | None:
     """oneDNN's float32 GEMM for ``F.linear`` (``torch.ops.mkldnn._linear_pointwise``), if this build has it."""
-    if not torch.backends.mkldnn.is_available():
+    if not _onednn_usable("_linear_pointwise"):
         return None
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if op is None:
-        return None
+    op = torch.ops.mkldnn._linear_pointwise
     try:
         with torch.inference_mode():
             x, w, b = torch.randn(3, 5), torch.randn(4, 5), torch.randn(4)
