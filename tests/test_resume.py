@@ -6,6 +6,7 @@ The oracle is always an uninterrupted run of the same settings: a resumed run mu
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -172,6 +173,9 @@ def test_overwrite_starts_over(tmp_path):
         (dict(model=_model(7)), "theta0_sha256"),
         (dict(data=_data(seed=2)), "data_sha256"),
         (dict(bn="recompute"), "bn_policy"),
+        (dict(loss_fn=lambda out, batch: out.square().mean()), "loss_function (file: default, now: test_resume.<lambda> sha256:"),
+        (dict(forward=lambda model, batch: model(batch[0])), "forward_function (file: the model's, now: test_resume.<lambda>"),
+        (dict(metric=lambda out, batch: out.mean()), "metric_functions (file: {mean_out: test_resume.Tripwire sha256:"),
     ],
 )
 def test_other_settings_are_refused_naming_the_field(tmp_path, change, field):
@@ -191,6 +195,122 @@ def test_other_metrics_are_refused(tmp_path):
     _run(out=out)
     with pytest.raises(LossmapError, match=r"metrics \(file: \['loss', 'accuracy', 'mean_out'\], now: \['loss', 'accuracy', 'other'\]\)"):
         lossmap.compute(_model(), _data(), **GRID2, chunk=3, batch_size=16, metrics={"other": Tripwire()}, out=out)
+
+
+def _loss_a(out, batch):
+    return torch.nn.functional.cross_entropy(out, batch[1])
+
+
+def _loss_b(out, batch):
+    return torch.nn.functional.cross_entropy(out, batch[1], label_smoothing=0.1)
+
+
+def _weighted(out, batch, weight):
+    return weight * torch.nn.functional.cross_entropy(out, batch[1])
+
+
+_LAMBDA_LOSS = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]) * 2
+_OTHER_LAMBDA = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]) * 3
+
+
+@pytest.mark.parametrize(
+    "first, same, other",
+    [
+        (_loss_a, _loss_a, _loss_b),
+        (_LAMBDA_LOSS, _LAMBDA_LOSS, _OTHER_LAMBDA),
+        (functools.partial(_weighted, weight=0.5), functools.partial(_weighted, weight=0.5), functools.partial(_weighted, weight=2.0)),
+    ],
+    ids=["function", "lambda", "partial"],
+)
+def test_another_loss_function_is_refused_and_the_same_one_resumes(tmp_path, first, same, other):
+    out = tmp_path / "run.nc"
+    ref = _run(loss_fn=first)
+    with pytest.raises(Interrupted, match="; 9 of 28 points saved"):
+        _run(loss_fn=first, metric=Tripwire(at=3 * 10 + 2), out=out)
+    before = out.read_bytes()
+    with pytest.raises(LossmapError) as info:
+        _run(loss_fn=other, out=out)
+    message = str(info.value)
+    differing = message.split("was made with other settings: ")[1].split("; rerun with")[0]
+    assert differing.startswith("loss_function (file: ") and ";" not in differing  # the only difference
+    assert "--overwrite" in message
+    assert "\n" not in message and out.read_bytes() == before
+    count = Tripwire()
+    ds = _run(loss_fn=same, metric=count, out=out)  # an equal but separately made function resumes
+    assert count.calls == 3 * (28 - 9)
+    _assert_same(ds, ref, ("loss", "mean_out"))
+
+
+def test_another_metric_or_forward_function_is_refused(tmp_path):
+    out = tmp_path / "run.nc"
+
+    def forward(model, batch):
+        return model(batch[0])
+
+    def other_forward(model, batch):
+        return model(batch[0]).double().float()
+
+    _run(out=out, forward=forward)
+    _run(out=out, forward=forward)  # the same function: complete, nothing to do
+    with pytest.raises(LossmapError, match=r"settings: forward_function \(file: test_resume\.test_another_metric_or_forward_function_is_refused\.<locals>\.forward sha256:[0-9a-f]{12}…, now: .*other_forward sha256:[0-9a-f]{12}…\);"):
+        _run(out=out, forward=other_forward)
+    with pytest.raises(LossmapError, match=r"settings: metric_functions \(file: \{mean_out: test_resume\.Tripwire sha256:[0-9a-f]{12}…\}, now: \{mean_out: .*<lambda>"):
+        _run(out=out, forward=forward, metric=lambda o, b: o.mean())
+    with pytest.raises(LossmapError, match=r"settings: forward_function \(file: .*forward sha256:[0-9a-f]{12}…, now: the model's\);"):
+        _run(out=out)
+
+
+def test_callable_identity_of_every_kind_of_callable():
+    from lossmap.landscape import callable_identity
+
+    class Scaled:
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, out, batch):
+            return out.mean() * self.k
+
+        def method(self, out, batch):
+            return out.sum()
+
+    pair = [lambda o, b: o.sum(), lambda o, b: o.mean()]  # two lambdas on one line are told apart
+    namespace: dict = {}
+    exec("def nosource(o, b):\n    return o.sum()\n", namespace)  # no file to read the source from
+    kinds = {
+        "default": None,
+        "function": _loss_a,
+        "lambda": _LAMBDA_LOSS,
+        "lambda 1": pair[0],
+        "lambda 2": pair[1],
+        "partial": functools.partial(_weighted, weight=0.5),
+        "partial with a tensor": functools.partial(_weighted, weight=torch.tensor(0.5)),
+        "partial with a callable": functools.partial(_weighted, weight=Scaled(1)),
+        "partial of a lambda": functools.partial(_LAMBDA_LOSS),
+        "callable object": Scaled(2),
+        "bound method": Scaled(2).method,
+        "builtin": torch.sum,
+        "builtin method": "x".upper,
+        "torch loss module": nn.CrossEntropyLoss(),
+        "no source": namespace["nosource"],
+    }
+    ids = {kind: callable_identity(fn) for kind, fn in kinds.items()}
+    assert ids["default"] is None
+    named = {k: v for k, v in ids.items() if v is not None}
+    assert len(set(named.values())) == len(named), ids  # all different
+    assert ids["function"].startswith("test_resume._loss_a sha256:") and len(ids["function"].split(":")[1]) == 64
+    assert ids["lambda 1"].startswith("test_resume.test_callable_identity_of_every_kind_of_callable.<locals>.<lambda> sha256:")
+    assert ids["partial"].startswith("functools.partial(test_resume._weighted) sha256:")
+    assert ids["callable object"].startswith("test_resume.test_callable_identity_of_every_kind_of_callable.<locals>.Scaled sha256:")
+    assert ids["bound method"].startswith("test_resume.test_callable_identity_of_every_kind_of_callable.<locals>.Scaled.method sha256:")
+    assert ids["builtin"] == "torch._VariableFunctionsClass.sum" and ids["builtin method"] == "str.upper"
+    assert ids["torch loss module"].startswith("torch.nn.modules.loss.CrossEntropyLoss sha256:")
+    assert ids["no source"].startswith("nosource sha256:")
+    # the same again, made anew, is the same; only the source counts, not an object's state
+    assert callable_identity(Scaled(5)) == ids["callable object"]
+    assert callable_identity(functools.partial(_weighted, weight=0.5)) == ids["partial"]
+    assert callable_identity(functools.partial(_weighted, weight=torch.tensor(0.5))) == ids["partial with a tensor"]
+    assert callable_identity(functools.partial(_weighted, weight=0.25)) != ids["partial"]
+    assert callable_identity(functools.partial(functools.partial(_weighted), weight=0.5)) == ids["partial"]  # Python flattens it
 
 
 def test_files_that_cannot_be_resumed(tmp_path):
@@ -514,6 +634,28 @@ def test_every_setting_is_compared_on_resume(tmp_path):
     model = nn.Sequential(nn.Linear(3, 2))
     ds = lossmap.compute(model, (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), "-1:1:3", out=tmp_path / "s.nc")
     assert set(store.meta(ds)["settings"]) == set(SETTINGS_FIELDS)
+    assert {k: store.meta(ds)["settings"][k] for k in ("loss_function", "metric_functions", "forward_function")} == dict.fromkeys(
+        ("loss_function", "metric_functions", "forward_function")
+    )  # the defaults are null, as in files made before these were recorded
+
+
+def test_a_file_from_before_the_functions_were_recorded_still_resumes(tmp_path):
+    """A file whose settings lack the function fields resumes with the default functions, and not with others."""
+    kw = dict(**GRID2, chunk=3, batch_size=16)
+    ref = lossmap.compute(_model(), _data(), **kw)
+    out = tmp_path / "old.nc"
+    ds = lossmap.compute(_model(), _data(), **kw, out=out)
+    settings = dict(store.meta(ds)["settings"])
+    for key in ("loss_function", "metric_functions", "forward_function"):
+        del settings[key]
+    ds.attrs["settings"] = settings
+    mask = np.ones((7, 4), bool)
+    mask[2:5, 1] = False
+    store.save(store.partial_dataset(ds, mask), out)
+    with pytest.raises(LossmapError, match=r"; loss_function \(file: not recorded, now: test_resume\._loss_a sha256:[0-9a-f]{12}…\);"):
+        lossmap.compute(_model(), _data(), **kw, out=out, loss_fn=_loss_a)
+    again = lossmap.compute(_model(), _data(), **kw, out=out)
+    _assert_same(again, ref, ("loss", "accuracy"))
 
 
 def test_numpy_batches_enter_the_data_hash(tmp_path):
