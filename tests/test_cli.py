@@ -197,8 +197,46 @@ def test_info_prints_coordinates_metrics_and_metadata(env, tmp_path, capsys):
     assert "y: 3 points from -1 to 1, step 1" in text
     assert f"loss: min {float(ds.loss.min()):.6g}, max {float(ds.loss.max()):.6g}, at centre {float(ds.loss.sel(x=0, y=0)):.6g}" in text
     for key, value in store.meta(ds).items():
-        assert f"\n  {key} " in text or f"\n  {key}=" in text, key
+        if key != "settings":  # in a section of its own, see below
+            assert f"\n  {key} " in text or f"\n  {key}=" in text, key
     assert "= filter" in text and "= 5" in text and ds.attrs["theta0_sha256"] in text
+    assert "\n  settings " not in text and '{"bf16"' not in text  # no longer one JSON line among the metadata
+
+
+def test_info_prints_the_settings_one_per_line(tmp_path, capsys):
+    """The settings a resume compares: a ``settings:`` section, one ``key: value`` per line, hashes shortened,
+    grids summarized, a mapping's entries one level deeper."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    path = tmp_path / "s.nc"
+
+    def spread(out, batch):
+        return out.std()
+
+    lossmap.compute(model, (torch.randn(20, 4), torch.randint(0, 3, (20,))), "-1:1:5", out=path, metrics={"spread": spread})
+    settings = store.meta(store.load(path))["settings"]
+    text = run_ok(["info", path], capsys)
+    section = text.split("\nsettings:\n", 1)[1].splitlines()
+    assert len(section) == len(settings) + 1  # every setting, the one metric function on a line of its own
+    keys = [line.split(":", 1)[0].strip() for line in section if not line.startswith("    ")]
+    assert keys == sorted(settings)
+    for line in section:
+        assert line.startswith("  ") and ": " in line or line.endswith(":"), line
+        assert len(line) < 120 and "{" not in line and "[" not in line, line
+    rows = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in section}
+    assert rows["seed"] == "0" and rows["normalization"] == "filter" and rows["orthogonalized"] == "false"
+    assert rows["x"] == "5 points from -1 to 1, step 0.5" and rows["y"] == "none"
+    assert rows["metrics"] == "loss, accuracy, spread"
+    assert rows["theta0_sha256"] == settings["theta0_sha256"][:12] + "…"
+    assert rows["loss_function"] == "default" and rows["forward_function"] == "default"
+    assert rows["tensor_filter"] == "none" and rows["bn_data_sha256"] == "none"
+    assert rows["metric_functions"] == ""
+    digest = settings["metric_functions"]["spread"].split("sha256:")[1]
+    assert f"\n    spread: test_cli.test_info_prints_the_settings_one_per_line.<locals>.spread sha256:{digest[:12]}…\n" in text
+    assert digest not in text
+    # the values line up after the longest key
+    starts = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in section if not line.startswith("    ") and not line.endswith(":")}
+    assert starts == {len(max(settings, key=len)) + 4}  # "  " + key + ":" + " "
 
 
 def test_plot_single_kind_exact_file_and_options(env, tmp_path, capsys):

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import numpy as np
+
+#: a full sha256 in hex; in the settings it is shown by its first 12 digits (the file holds all of it)
+_SHA256 = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "info",
         help="print a landscape file's coordinates, metrics and metadata",
-        description="Print the grid, each metric's range and value at the centre, and every metadata attribute.",
+        description="Print the grid, each metric's range and value at the centre, every metadata attribute, "
+        "and the settings a resumed run must match, one per line.",
     )
     p.add_argument("file", metavar="FILE.nc", help="a landscape file")
     p.set_defaults(func=run)
@@ -40,6 +45,40 @@ def _value(v) -> str:
     return str(v)
 
 
+def _setting(key: str, v) -> str:
+    """One value of the ``settings`` attribute, for reading: hashes shortened, grids summarized."""
+    if v is None:  # a function field's null is the built-in default
+        return "default" if key.endswith(("_function", "_functions")) else "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list) and v and all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in v):
+        return _axis(np.asarray(v, dtype=float))
+    if isinstance(v, list):
+        return ", ".join(_setting(key, e) for e in v) if v else "none"
+    if isinstance(v, dict):
+        return json.dumps(v, ensure_ascii=False, sort_keys=True)
+    if isinstance(v, str):
+        return _SHA256.sub("\\1…", v) if v else "none"
+    return str(v)
+
+
+def _settings(settings) -> list[str]:
+    """``settings:`` and under it ``key: value`` per line (a mapping's entries indented one level more)."""
+    if not isinstance(settings, dict):  # not a JSON object: as it is
+        return ["settings:", f"  {_value(settings)}"]
+    width = max((len(str(k)) for k in settings), default=0) + 1
+    out = ["settings:"]
+    for key in sorted(settings, key=str):
+        v = settings[key]
+        if isinstance(v, dict) and v:
+            out.append(f"  {key}:")
+            inner = max(len(str(k)) for k in v) + 1
+            out.extend(f"    {(str(k) + ':').ljust(inner)} {_setting(key, v[k])}" for k in sorted(v, key=str))
+        else:
+            out.append(f"  {(str(key) + ':').ljust(width)} {_setting(key, v)}")
+    return out
+
+
 def lines(ds, name: str) -> list[str]:
     from ..store import meta
 
@@ -59,9 +98,12 @@ def lines(ds, name: str) -> list[str]:
         out.append(f"  {var}: {rng}, at centre {at:.6g}" + (f", {missing} non-finite of {v.size}" if missing else ""))
     out.append("metadata:")
     m = meta(ds)
+    settings = m.pop("settings", None)
     width = max((len(str(k)) for k in m), default=0)
     for key in sorted(m):
         out.append(f"  {str(key).ljust(width)} = {_value(m[key])}")
+    if settings not in (None, ""):  # what a resumed run must match
+        out.extend(_settings(settings))
     return out
 
 
