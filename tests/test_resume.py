@@ -261,7 +261,7 @@ def test_another_metric_or_forward_function_is_refused(tmp_path):
 
 
 def test_callable_identity_of_every_kind_of_callable():
-    from lossmap.landscape import callable_identity
+    from lossmap.fingerprint import callable_identity
 
     class Scaled:
         def __init__(self, k):
@@ -660,10 +660,10 @@ def test_a_file_from_before_the_functions_were_recorded_still_resumes(tmp_path):
 
 def test_numpy_batches_enter_the_data_hash(tmp_path):
     """Batches holding numpy arrays are hashed by content, so other data is not taken for the same."""
-    from lossmap.landscape import _batches_hash
+    from lossmap.fingerprint import batches_hash
     from lossmap.evaluate import Batch
 
     a = [Batch((np.zeros(3), 1), None, None, 3)]
     b = [Batch((np.ones(3), 1), None, None, 3)]
-    assert _batches_hash(a) != _batches_hash(b)
-    assert _batches_hash(a) == _batches_hash([Batch((np.zeros(3), 1), None, None, 3)])
+    assert batches_hash(a) != batches_hash(b)
+    assert batches_hash(a) == batches_hash([Batch((np.zeros(3), 1), None, None, 3)])
