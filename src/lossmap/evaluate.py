@@ -870,8 +870,8 @@ class VmapEvaluator(FastEvaluator):
     engine = "vmap"
 
     def __init__(self, *args: Any, points_per_forward: int | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("channels_last", False)
-        kwargs.setdefault("first_layer", False)
+        for per_point in ("channels_last", "first_layer", "onednn_linear", "fuse"):  # speed-ups of the per-point forward
+            kwargs.setdefault(per_point, False)
         super().__init__(*args, **kwargs)
         names = {id(p): n for n, p in self.model.named_parameters(remove_duplicate=False)}
         names.update({id(b): n for n, b in self.model.named_buffers(remove_duplicate=False)})
