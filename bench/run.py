@@ -38,8 +38,16 @@ CKPT = CACHE / "mnist-cnn.safetensors"
 
 
 # ------------------------------------------------------------------------------------------- shared
+def mnist_dir() -> Path | None:
+    """The MNIST folder: ``LOSSMAP_BENCH_MNIST`` or ../shared/data/mnist, where it exists."""
+    d = Path(os.environ.get("LOSSMAP_BENCH_MNIST") or MNIST)
+    return d if d.is_dir() else None
+
+
 def data_spec() -> str:
-    return f"mnist:{MNIST}:test" if MNIST.is_dir() else "digits:train"
+    """MNIST's test set, else the embedded digits."""
+    d = mnist_dir()
+    return f"mnist:{d}:test" if d is not None else "digits:train"
 
 
 def load_xy(samples: int):
@@ -68,7 +76,8 @@ def ensure_checkpoint() -> None:
 
     CACHE.mkdir(exist_ok=True)
     torch.manual_seed(0)
-    ds = mnist(MNIST, "train") if MNIST.is_dir() else digits("train")
+    d = mnist_dir()
+    ds = mnist(d, "train") if d is not None else digits("train")
     x, y = ds.tensors
     n = min(len(y), 12000)
     epochs = 1 if n >= 12000 else 8
