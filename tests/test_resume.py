@@ -640,13 +640,14 @@ def test_every_setting_is_compared_on_resume(tmp_path):
 
 
 def test_a_file_from_before_the_functions_were_recorded_still_resumes(tmp_path):
-    """A file whose settings lack the function fields resumes with the default functions, and not with others."""
+    """A file whose settings lack the fields added later (functions, bf16) resumes with their defaults, and not
+    with other values."""
     kw = dict(**GRID2, chunk=3, batch_size=16)
     ref = lossmap.compute(_model(), _data(), **kw)
     out = tmp_path / "old.nc"
     ds = lossmap.compute(_model(), _data(), **kw, out=out)
     settings = dict(store.meta(ds)["settings"])
-    for key in ("loss_function", "metric_functions", "forward_function"):
+    for key in ("loss_function", "metric_functions", "forward_function", "bf16"):
         del settings[key]
     ds.attrs["settings"] = settings
     mask = np.ones((7, 4), bool)
@@ -654,6 +655,8 @@ def test_a_file_from_before_the_functions_were_recorded_still_resumes(tmp_path):
     store.save(store.partial_dataset(ds, mask), out)
     with pytest.raises(LossmapError, match=r"; loss_function \(file: not recorded, now: test_resume\._loss_a sha256:[0-9a-f]{12}…\);"):
         lossmap.compute(_model(), _data(), **kw, out=out, loss_fn=_loss_a)
+    with pytest.raises(LossmapError, match=r"settings: bf16 \(file: not recorded, now: True\);"):
+        lossmap.compute(_model(), _data(), **kw, out=out, bf16=True)
     again = lossmap.compute(_model(), _data(), **kw, out=out)
     _assert_same(again, ref, ("loss", "accuracy"))
 

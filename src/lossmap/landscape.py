@@ -556,14 +556,21 @@ def _show(key: str, value: Any) -> str:
     return repr(value)
 
 
+# settings added after the first files were written, with the value a file that lacks them was made with
+_LATER_SETTINGS = {"bf16": False, "loss_function": None, "metric_functions": None, "forward_function": None}
+_UNRECORDED = object()
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``field (file: …, now: …)`` for each setting that differs. A field that ``old`` lacks (a file from an
-    older lossmap) counts as null, so a run with the default functions still resumes such a file."""
+    older lossmap) counts as that field's value before it was recorded (:data:`_LATER_SETTINGS`), so a run
+    with those defaults still resumes such a file."""
     out = []
     for key in SETTINGS_FIELDS:
-        if old.get(key) != new.get(key):
-            was = _show(key, old[key]) if key in old else "not recorded"
-            out.append(f"{key} (file: {was}, now: {_show(key, new.get(key))})")
+        was = old[key] if key in old else _LATER_SETTINGS.get(key, _UNRECORDED)
+        if was != new.get(key):
+            shown = "not recorded" if key not in old else _show(key, was)
+            out.append(f"{key} (file: {shown}, now: {_show(key, new.get(key))})")
     return out
 
 
