@@ -110,12 +110,13 @@ def test_surface_2d_equals_direct_compute_and_writes_files(env, tmp_path, capsys
 
 def test_surface_bf16_flag_reaches_compute_and_the_file(env, tmp_path, capsys):
     out = tmp_path / "bf16.nc"
-    run_ok(surface_args(env, out, "--x", "-1:1:3", "--y", "-1:1:3", "--seed", "7", "--bf16"), capsys)
+    text = run_ok(surface_args(env, out, "--x", "-1:1:3", "--y", "-1:1:3", "--seed", "7", "--bf16"), capsys)
     ds = store.load(out)
     ref = lossmap.compute(model_at(env, env["a"]), lossmap.data.npz(env["root"] / "data.npz"),
                           x="-1:1:3", y="-1:1:3", seed=7, bf16=True)
     np.testing.assert_array_equal(ds["loss"].values, ref["loss"].values)
     assert ds.attrs["bf16"] and ds.attrs["bf16_centre_rel_error"] == ref.attrs["bf16_centre_rel_error"]
+    assert f"precision: bf16 changes the metrics at the centre by {ds.attrs['bf16_centre_rel_error']:.2g} (relative)" in text
 
 
 def test_surface_centre_is_the_checkpoints_loss(env, tmp_path, capsys):

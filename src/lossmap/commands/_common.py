@@ -156,7 +156,15 @@ def summary_line(ds, path: str | Path, seconds: float) -> str:
     for name in ds.data_vars:
         parts.append(f"{name} {range_text(ds[name].values)}")
     line = f"wrote {path} ({shape} points; {'; '.join(parts)}; {seconds:.1f} s)"
-    return line + flatness_text(ds)
+    return line + precision_text(ds) + flatness_text(ds)
+
+
+def precision_text(ds) -> str:
+    """A line with the measured error of each reduced precision the run used (``--tf32``, ``--bf16``)."""
+    errors = [(k, ds.attrs[f"{k}_centre_rel_error"]) for k in ("tf32", "bf16") if f"{k}_centre_rel_error" in ds.attrs]
+    if not errors:
+        return ""
+    return "\nprecision: " + "; ".join(f"{k} changes the metrics at the centre by {e:.2g} (relative)" for k, e in errors)
 
 
 def flatness_text(ds) -> str:
