@@ -211,6 +211,9 @@ def _weighted(out, batch, weight):
 
 _LAMBDA_LOSS = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]) * 2
 _OTHER_LAMBDA = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]) * 3
+_SAME_IN_A_CALL = dict(fn=lambda o, b: o.sum(), n=1)["fn"]
+_SAME_IN_A_LIST = [0, 2, lambda o, b: o.sum()][2]
+_DOUBLED_IN_A_CALL = dict(fn=lambda o, b: o.sum() * 2, n=1)["fn"]
 
 
 @pytest.mark.parametrize(
@@ -311,6 +314,8 @@ def test_callable_identity_of_every_kind_of_callable():
     assert callable_identity(functools.partial(_weighted, weight=torch.tensor(0.5))) == ids["partial with a tensor"]
     assert callable_identity(functools.partial(_weighted, weight=0.25)) != ids["partial"]
     assert callable_identity(functools.partial(functools.partial(_weighted), weight=0.5)) == ids["partial"]  # Python flattens it
+    # a lambda is its code, not the line around it: the same lambda passed in two different calls is the same
+    assert callable_identity(_SAME_IN_A_CALL) == callable_identity(_SAME_IN_A_LIST) != callable_identity(_DOUBLED_IN_A_CALL)
 
 
 def test_files_that_cannot_be_resumed(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import inspect
@@ -52,7 +51,7 @@ def batches_hash(batches: Sequence[Batch] | None) -> str:
 
 def callable_identity(fn: Callable | None) -> str | None:
     """A best-effort identity of a user's function, as resuming compares it: ``"module.qualname sha256:<hex>"``,
-    the hash taken over its source (the lambda's own expression for a lambda), or over its bytecode and
+    the hash taken over its source (a lambda's bytecode), or over its bytecode and
     constants where there is no source; a ``functools.partial`` adds its arguments, a callable object its
     class's source. Builtins and the like have only their name. None (the default) stays None.
 
@@ -108,10 +107,11 @@ def _feed_arg(h: "hashlib._Hash", arg: Any, depth: int) -> None:
 
 
 def _source(obj: Any) -> bytes | None:
-    """The source of a function or class (a lambda's own expression, not the lines around it), or else its
-    bytecode and constants; None for neither (e.g. a class defined in C)."""
-    text = _lambda_expression(obj) if getattr(obj, "__name__", None) == "<lambda>" else None
-    if text is None:
+    """The source of a function or class, or else its bytecode, names and constants; None for neither (e.g. a
+    class defined in C). A lambda is always taken by its bytecode: its source lines also hold the code around
+    it (the call it is passed to), which must not count."""
+    text = None
+    if getattr(obj, "__name__", None) != "<lambda>":
         try:
             text = inspect.getsource(obj)
         except Exception:  # noqa: BLE001 - no file (an interactive session, exec), a C class, …
@@ -120,30 +120,6 @@ def _source(obj: Any) -> bytes | None:
         return b"S" + text.encode()
     code = getattr(obj, "__code__", None) or getattr(getattr(obj, "__call__", None), "__code__", None)
     return b"C" + _code_text(code) if isinstance(code, types.CodeType) else None
-
-
-def _lambda_expression(fn: Any) -> str | None:
-    """The text of the lambda expression ``fn`` was made from, found in its file; None when it cannot be told."""
-    try:
-        lines, lnum = inspect.findsource(fn)
-        source = "".join(lines)
-        tree = ast.parse(source)
-    except Exception:  # noqa: BLE001 - no source, or a file that does not parse as a whole
-        return None
-    found = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda) and n.lineno == lnum + 1]
-    if len(found) > 1:  # several on one line: the one whose body holds every position of fn's code
-        spots = [(p[0], p[2], p[1], p[3]) for p in fn.__code__.co_positions() if None not in p and p[2] != p[3]] \
-            if hasattr(fn.__code__, "co_positions") else []
-
-        def holds(n: ast.Lambda) -> bool:
-            body = n.body
-            return bool(spots) and all(
-                (body.lineno, body.col_offset) <= (l0, c0) and (l1, c1) <= (body.end_lineno, body.end_col_offset)
-                for l0, c0, l1, c1 in spots
-            )
-
-        found = sorted((n for n in found if holds(n)), key=lambda n: len(ast.get_source_segment(source, n) or ""))[:1]
-    return ast.get_source_segment(source, found[0]) if len(found) == 1 else None
 
 
 def _code_text(code: types.CodeType) -> bytes:
