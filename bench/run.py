@@ -257,6 +257,8 @@ def w_lossmap(cfg):
 
 
 def _features(model, x, y, d, kw):
+    import torch
+
     from lossmap.evaluate import make_evaluator, prepare_batches
     from lossmap.space import select_tensors
 
@@ -266,9 +268,9 @@ def _features(model, x, y, d, kw):
     batches = prepare_batches((x, y), kw.get("batch_size", 256), device=kw.get("device", "cpu"))
     if kw.get("device", "cpu") != "cpu":
         return [f"{kw.get('engine', 'auto')} on {kw['device']}"]
-    amp = __import__("torch").bfloat16 if kw.get("bf16") else None
+    amp = torch.bfloat16 if kw.get("bf16") else None
     ev = make_evaluator(model, list(live.values()), origin, dirs, batches, autocast=amp, engine=kw.get("engine", "auto"))
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         for p, o in zip(live.values(), origin):
             p.copy_(o)
     return [ev.engine] + list(ev.features)

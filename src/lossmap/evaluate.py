@@ -610,7 +610,9 @@ class FastEvaluator(Evaluator):
         self._linear_mode: _OneDNNLinear | None = None
         if self.autocast is not None:
             self.features.append(f"autocast {str(self.autocast).replace('torch.', '')}")
-        if onednn_linear is not False and device.type == "cpu" and self.origin[0].dtype == torch.float32 and self.autocast is None:
+        # the oneDNN shortcuts are float32 CPU kernels; under autocast, autocast's own kernels run
+        fp32_cpu = device.type == "cpu" and self.origin[0].dtype == torch.float32 and self.autocast is None
+        if onednn_linear is not False and fp32_cpu:
             op = _onednn_linear_op()
             if op is not None:
                 self._linear_mode = _OneDNNLinear(op)
@@ -653,7 +655,7 @@ class FastEvaluator(Evaluator):
             if self._first is not None:
                 self.features.append("first-layer")
 
-        if fuse is not False and device.type == "cpu" and self.origin[0].dtype == torch.float32 and self.autocast is None:
+        if fuse is not False and fp32_cpu:
             self._fuse()
 
     def _fuse(self) -> None:
