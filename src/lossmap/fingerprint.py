@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .evaluate import Batch
+from .space import feed_bytes
 
 __all__ = ["feed", "batches_hash", "callable_identity"]
 
@@ -21,7 +22,7 @@ def feed(h: "hashlib._Hash", obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        feed_bytes(h, t)
     elif isinstance(obj, Mapping):
         for key in sorted(obj, key=str):
             h.update(f"K{key}|".encode())

@@ -90,9 +90,14 @@ def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        for piece in _pieces(t):
-            h.update(piece.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+        feed_bytes(h, t)
     return h.hexdigest()
+
+
+def feed_bytes(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    """Add ``t``'s raw bytes in row-major order to the hash ``h``, piece by piece (no full-size copy)."""
+    for piece in _pieces(t.detach()):
+        h.update(piece.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str = "θ0") -> None:
