@@ -284,8 +284,13 @@ def w_lever(cfg):
     from lossmap.evaluate import Evaluator, FastEvaluator, prepare_batches
     from lossmap.space import select_tensors
 
-    model = trained_model()
-    x, y = load_xy(cfg["samples"])
+    if cfg.get("model") == "resnet20":
+        model = resnet20()
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.randn(cfg["samples"], 3, 32, 32, generator=gen), torch.randint(0, 10, (cfg["samples"],), generator=gen)
+    else:
+        model = trained_model()
+        x, y = load_xy(cfg["samples"])
     d = plane(model)
     live = select_tensors(model)
     origin = [t.detach().clone() for t in live.values()]
@@ -320,6 +325,62 @@ LEVERS = [("plain loop (batch 256)", None, {}),
           ("fast without conv+ReLU fusion", {"fuse": False}, {}),
           ("fast + bf16 autocast", {"autocast": "bfloat16"}, {}),
           ("fast + cached first layer", {"first_layer": True}, {})]
+
+
+RESNET_LEVERS = [("ResNet-20: plain loop", None),
+                 ("ResNet-20: fast without fusion", {"fuse": False}),
+                 ("ResNet-20: fast, all speed-ups", {})]
+
+
+def resnet20():
+    """He et al.'s CIFAR ResNet-20 (3 stages of 3 basic blocks, 16/32/64 channels, 1×1 conv + BN
+    shortcuts where the shape changes; 272,474 parameters) with fixed random weights and
+    batch-norm statistics: the residual architecture of the loss-landscape literature, for the
+    conv + batch norm + residual + ReLU fusion lever."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            out += self.shortcut(x)
+            return F.relu(out)
+
+    class ResNet(nn.Module):
+        def __init__(self, n: int = 3) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+            blocks, cin = [], 16
+            for cout, stride in ((16, 1), (32, 2), (64, 2)):
+                for i in range(n):
+                    blocks.append(Block(cin, cout, stride if i == 0 else 1))
+                    cin = cout
+            self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.blocks(F.relu(self.bn(self.conv(x))))
+            return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    torch.manual_seed(0)
+    model = ResNet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
 
 
 def w_memory(cfg):
@@ -543,13 +604,14 @@ def main(argv=None) -> int:
 
     if "levers" not in skip:
         res["levers"] = []
-        for label, opts, extra in LEVERS:
-            env = {k: v for k, v in extra.items() if k.isupper()}
-            cfg = {**base, "options": opts, "env": env, "side": 2 if args.quick else 3,
-                   **{k: v for k, v in extra.items() if not k.isupper()}}
+        side = 2 if args.quick else 3
+        runs = [(label, {**base, "options": opts, "env": {k: v for k, v in extra.items() if k.isupper()}, "side": side,
+                         **{k: v for k, v in extra.items() if not k.isupper()}}) for label, opts, extra in LEVERS]
+        runs += [(label, {**base, "options": opts, "model": "resnet20", "side": side}) for label, opts in RESNET_LEVERS]
+        for label, cfg in runs:
             r = run_worker("lever", cfg)
             res["levers"].append({"variant": label, **r})
-            say(f"lever: {label:28s} {r['points_per_s']:6.2f} points/s, {r['cpu_seconds_per_point']:.3f} CPU s/point  "
+            say(f"lever: {label:30s} {r['points_per_s']:6.2f} points/s, {r['cpu_seconds_per_point']:.3f} CPU s/point  "
                 f"{r['features']}")
     if "scaling" not in skip:
         sc_samples = [args.samples // 4, args.samples // 2, args.samples, args.samples * 2]

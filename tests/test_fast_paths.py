@@ -489,14 +489,94 @@ def test_conv_relu_fusion_matches_the_float64_loop(data):
     oracle = evaluators(copy.deepcopy(model), data, samples=40, bias="keep")["plain"]
     ev = evaluators(model, data, dtype=torch.float32, samples=40, bias="keep")
     fast = ev["fast"]
-    assert "conv+relu fused x4" in fast.features  # c1, c2, c3 and c5; not c4 (two users) nor c6 (hook)
+    assert "fused conv+relu x4" in fast.features  # c1, c2, c3 and c5; not c4 (two users) nor c6 (hook)
     coeffs = grid2(2, 2)
     ref = oracle.evaluate_many(coeffs)
     assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-6)
     assert_same(ev["plain"].evaluate_many(coeffs), ref, rtol=1e-6)
     off = FastEvaluator(fast.model, fast._user_live, fast.origin, fast.directions, fast.batches, fuse=False)
-    assert not any(f.startswith("conv+relu") for f in off.features)
+    assert not any(f.startswith("fused") for f in off.features)
     np.testing.assert_array_equal(off.evaluate_many(coeffs), fast.evaluate_many(coeffs))  # the post-op ReLU is exact
+
+
+class ResidualNet(nn.Module):
+    """Residual blocks in the spellings ResNets use: conv → BN → ReLU, ``out += x``, ``shortcut + out``,
+    ``torch.add(...).relu()``, a strided 1×1 shortcut conv → BN, BN without affine parameters, a
+    hooked BN (not folded), a BN output used twice (the chain stops there), and ``sc.add_(out)``,
+    which writes into the shortcut (the add is not fused there; its conv → BN is). (Tracing records
+    ``out += x`` as ``out + x``.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.a1, self.an1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.a2, self.an2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8, affine=False)
+        self.act = nn.ReLU()
+        self.b1, self.bn1 = nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.b2, self.bn2 = nn.Conv2d(12, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.short, self.sbn = nn.Conv2d(8, 12, 1, stride=2, bias=False), nn.BatchNorm2d(12)
+        self.c1, self.cn1 = nn.Conv2d(12, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.d1, self.dn1 = nn.Conv2d(12, 12, 1), nn.BatchNorm2d(12)
+        self.e1, self.en1 = nn.Conv2d(12, 12, 1), nn.BatchNorm2d(12)
+        self.f1, self.fn1 = nn.Conv2d(12, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))  # conv+bn+relu
+        out = self.act(self.an1(self.a1(x)))  # conv+bn+relu
+        out = self.an2(self.a2(out))
+        out += x  # conv+bn+add (+=)
+        x = torch.relu(out)  # ... +relu
+        out = F.relu(self.bn1(self.b1(x)))  # conv+bn+relu
+        x = (self.sbn(self.short(x)) + self.bn2(self.b2(out))).relu()  # conv+bn (shortcut), conv+bn+add+relu
+        x = torch.add(self.cn1(self.c1(x)), x).relu_()  # conv+bn+add+relu
+        h = self.dn1(self.d1(x))  # conv+bn, used twice
+        x = h * torch.sigmoid(h) + self.en1(self.e1(x))  # e1 → hooked en1: nothing fused
+        sc = x * 0.5
+        sc.add_(self.fn1(self.f1(x)))  # writes into sc: conv+bn only
+        return self.fc(F.adaptive_avg_pool2d(F.relu(sc), 1).flatten(1))
+
+
+def residual_net(data) -> nn.Module:
+    torch.manual_seed(9)
+    net = ResidualNet()
+    net.en1.register_forward_hook(lambda m, i, o: None)  # hooked: keeps its own call, e1 fuses nothing
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):  # statistics far from (0, 1) so that folding matters
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.05, 3)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+def test_conv_bn_residual_relu_fusion_matches_the_float64_loop(data):
+    model = residual_net(data)
+    oracle = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"]
+    fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16)["fast"]
+    fused = [f for f in fast.features if f.startswith("fused ")]
+    assert fused == ["fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3"], fast.features
+    coeffs = grid2(3, 3)
+    assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
+    off = FastEvaluator(fast.model, fast._user_live, fast.origin, fast.directions, fast.batches, fuse=False)
+    assert not any(f.startswith("fused") for f in off.features)
+    assert_same(off.evaluate_many(coeffs), fast.evaluate_many(coeffs), rtol=1e-6)
+
+
+def test_norm_by_batch_statistics_keeps_the_users_batches(data):
+    """A batch norm without running statistics normalizes by each batch: re-cutting would change the result."""
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
+    oracle = evaluators(copy.deepcopy(net), data, samples=40, batch_size=16)["plain"]
+    ev = evaluators(net, data, dtype=torch.float32, samples=40, batch_size=16)
+    assert not any(f.startswith("sub-batch") or f == "channels_last" for f in ev["fast"].features)
+    coeffs = grid2(2, 2)
+    ref = oracle.evaluate_many(coeffs)
+    for engine in ("fast", "vmap"):
+        assert_same(ev[engine].evaluate_many(coeffs), ref, rtol=1e-6)
 
 
 def test_untraceable_model_keeps_its_own_forward(data):
@@ -516,14 +596,14 @@ def test_untraceable_model_keeps_its_own_forward(data):
     oracle = evaluators(Branchy(), data, samples=24)["plain"]
     torch.manual_seed(5)
     fast = evaluators(Branchy(), data, dtype=torch.float32, samples=24)["fast"]
-    assert not any(f.startswith("conv+relu") for f in fast.features) and "channels_last" in fast.features
+    assert not any(f.startswith("fused") for f in fast.features) and "channels_last" in fast.features
     coeffs = grid2(2, 2)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
 
 
 def test_onednn_shortcuts_stand_aside_under_a_users_autocast():
     """Inside a caller's CPU autocast, linear and conv+ReLU go through autocast (bf16), not fp32 oneDNN."""
-    from lossmap.evaluate import _conv_relu, _OneDNNLinear, _onednn_linear_op
+    from lossmap.evaluate import _conv_fused, _OneDNNLinear, _onednn_linear_op
 
     x, w = torch.randn(4, 8), torch.randn(3, 8)
     img, k = torch.randn(2, 1, 6, 6), torch.randn(2, 1, 3, 3)
@@ -531,9 +611,9 @@ def test_onednn_shortcuts_stand_aside_under_a_users_autocast():
         assert F.linear(x, w).dtype == torch.float32
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert F.linear(x, w).dtype == torch.bfloat16
-            assert _conv_relu(img, k, None, (1, 1), (0, 0), (1, 1), 1).dtype == torch.bfloat16
+            assert _conv_fused(img, k, None, (1, 1), (0, 0), (1, 1), 1, relu=True).dtype == torch.bfloat16
     ref = F.relu(F.conv2d(img, k))
-    torch.testing.assert_close(_conv_relu(img, k, None, (1, 1), (0, 0), (1, 1), 1), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(_conv_fused(img, k, None, (1, 1), (0, 0), (1, 1), 1, relu=True), ref, rtol=1e-6, atol=1e-6)
 
 
 def test_model_with_tuple_output_and_a_user_loss(data):
@@ -556,7 +636,7 @@ def test_model_with_tuple_output_and_a_user_loss(data):
     oracle = evaluators(Pair(), data, samples=24, loss_fn=loss)["plain"]
     torch.manual_seed(8)
     fast = evaluators(Pair(), data, dtype=torch.float32, samples=24, loss_fn=loss)["fast"]
-    assert isinstance(fast, FastEvaluator) and not any(f.startswith("conv+relu") for f in fast.features)
+    assert isinstance(fast, FastEvaluator) and not any(f.startswith("fused") for f in fast.features)
     coeffs = grid2(2, 2)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
 
@@ -564,4 +644,4 @@ def test_model_with_tuple_output_and_a_user_loss(data):
 def test_onednn_switched_off_by_the_user_is_respected(data, monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     fast = evaluators(seed_net(), data, dtype=torch.float32, samples=16)["fast"]
-    assert "onednn-linear" not in fast.features and not any(f.startswith("conv+relu") for f in fast.features)
+    assert "onednn-linear" not in fast.features and not any(f.startswith("fused") for f in fast.features)
