@@ -431,6 +431,7 @@ def test_bf16_autocast_every_engine_within_its_bound(data):
     ref = oracle.evaluate_many(coeffs)
     ev = evaluators(seed_net(), data, dtype=torch.float32, samples=64, autocast=torch.bfloat16)
     assert "autocast bfloat16" in ev["fast"].features and "onednn-linear" not in ev["fast"].features
+    assert "fused conv+relu x2" in ev["fast"].features  # fused layers run in bf16 too
     for engine, e in ev.items():
         got = e.evaluate_many(coeffs)
         assert got.dtype == np.float64
@@ -565,6 +566,16 @@ def test_conv_bn_residual_relu_fusion_matches_the_float64_loop(data):
     assert_same(off.evaluate_many(coeffs), fast.evaluate_many(coeffs), rtol=1e-6)
 
 
+def test_fused_residual_net_under_bf16_within_its_bound(data):
+    """bf16 autocast with folded batch norms and residual post-ops: within the bf16 bound of the float64 loop."""
+    model = residual_net(data)
+    ref = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"].evaluate_many(grid2(2, 2))
+    fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16, autocast=torch.bfloat16)["fast"]
+    assert "fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3" in fast.features
+    rel = np.abs(fast.evaluate_many(grid2(2, 2))[:, 0] / ref[:, 0] - 1)
+    assert 1e-5 < rel.max() < 1e-2
+
+
 def test_norm_by_batch_statistics_keeps_the_users_batches(data):
     """A batch norm without running statistics normalizes by each batch: re-cutting would change the result."""
     torch.manual_seed(6)
@@ -601,8 +612,8 @@ def test_untraceable_model_keeps_its_own_forward(data):
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
 
 
-def test_onednn_shortcuts_stand_aside_under_a_users_autocast():
-    """Inside a caller's CPU autocast, linear and conv+ReLU go through autocast (bf16), not fp32 oneDNN."""
+def test_onednn_shortcuts_follow_a_users_autocast():
+    """Inside a caller's CPU autocast, linear goes through autocast and fused conv+ReLU runs in bf16: not fp32 oneDNN."""
     from lossmap.evaluate import _conv_fused, _OneDNNLinear, _onednn_linear_op
 
     x, w = torch.randn(4, 8), torch.randn(3, 8)
@@ -611,7 +622,10 @@ def test_onednn_shortcuts_stand_aside_under_a_users_autocast():
         assert F.linear(x, w).dtype == torch.float32
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert F.linear(x, w).dtype == torch.bfloat16
-            assert _conv_fused(img, k, None, (1, 1), (0, 0), (1, 1), 1, relu=True).dtype == torch.bfloat16
+            fused = _conv_fused(img, k, None, (1, 1), (0, 0), (1, 1), 1, relu=True)
+            plain = F.relu(F.conv2d(img, k))
+            assert fused.dtype == plain.dtype == torch.bfloat16
+            torch.testing.assert_close(fused, plain, rtol=0, atol=0)  # the same bf16 arithmetic
     ref = F.relu(F.conv2d(img, k))
     torch.testing.assert_close(_conv_fused(img, k, None, (1, 1), (0, 0), (1, 1), 1, relu=True), ref, rtol=1e-6, atol=1e-6)
 
