@@ -850,7 +850,7 @@ class FastEvaluator(Evaluator):
         try:
             write_point(self.live, self.origin, self.directions, [0.0] * len(self.directions))
             self.model.eval()
-            with torch.inference_mode():
+            with torch.inference_mode(), self._amp():  # activations in the dtype they will have (bf16: half)
                 self.model(x)
         finally:
             for h in handles:
