@@ -332,13 +332,15 @@ class Evaluator:
 # * Conv2d with what follows it as one oneDNN convolution (``fuse``; an FX graph of the model,
 #   checked against the model's own forward on a probe batch): an evaluation-mode BatchNorm2d folded
 #   into the weights and bias, a residual add as a binary post-op, a ReLU as a unary one. The passes
-#   over the conv output disappear. Seed net (conv+ReLU): 11.6 -> 12.9 points/s, bit-identical (the
-#   post-op is exact). CIFAR ResNet-20 (conv+BN(+add)+ReLU, 1,000 samples): 3.16 -> 3.58 points/s;
-#   folding changes float32 rounding only (within 1e-6 of the float64 loop). Under bf16 autocast the
-#   fused convolutions run in bf16 (seed net 20.1 -> 21.2 points/s; ResNet-20 151 -> 119 ms a point).
+#   over the conv output disappear. Seed net (conv+ReLU): 10.5-11.6 -> 11.9-12.9 points/s,
+#   bit-identical (the post-op is exact). CIFAR ResNet-20 (conv+BN(+add)+ReLU, 1,000 samples, fresh
+#   processes, three rounds): 3.26-3.41 -> 3.18-3.41 points/s in float32 (no gain on this 2-core CPU:
+#   its activations stay in the 32 MB L3, so the separate passes were cheap; a binary-add post-op
+#   costs about what a separate add does), 6.2-6.4 -> 6.6-7.2 under bf16 autocast, where the fused
+#   convolutions run in bf16. Folding changes float32 rounding only (within 1e-6 of the float64 loop).
 # * ``torch.inference_mode`` everywhere; parameters written with foreach kernels (``write_point``).
 # * opt-in, not exact: bf16 autocast (``autocast=torch.bfloat16``): a bf16 convolution is 2x the fp32
-#   one on AVX512-BF16; 13.1 -> 20.6 points/s at up to ~2e-3 relative error in the loss.
+#   one on AVX512-BF16; 11.9 -> 21.2 points/s (bench lever rows) at up to ~3e-3 relative error in the loss.
 # * tried and not kept: ``torch.compile`` (26 s to compile, no measurable gain); two points at once on
 #   one thread each with a model replica (10.8 -> 11.0 points/s, not worth a second model copy);
 #   pooling before ReLU (same time; max-pool of NHWC data is already cheap); NNPACK's Winograd
