@@ -482,7 +482,7 @@ class ReluVariants(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def test_conv_relu_fusion_matches_the_float64_loop(data):
+def test_conv_relu_fusion_matches_the_float64_loop(data, monkeypatch):
     torch.manual_seed(4)
     model = ReluVariants()
     model.c6.register_forward_hook(lambda m, i, o: o * 1.5)  # a hooked module keeps its own call
@@ -490,13 +490,16 @@ def test_conv_relu_fusion_matches_the_float64_loop(data):
     oracle = evaluators(copy.deepcopy(model), data, samples=40, bias="keep")["plain"]
     ev = evaluators(model, data, dtype=torch.float32, samples=40, bias="keep")
     fast = ev["fast"]
-    assert "fused conv+relu x4" in fast.features  # c1, c2, c3 and c5; not c4 (two users) nor c6 (hook)
+    assert "fused conv+relu x4, flatten+linear x1" in fast.features  # c1, c2, c3, c5; not c4 (two users), c6 (hook)
     coeffs = grid2(2, 2)
     ref = oracle.evaluate_many(coeffs)
     assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-6)
     assert_same(ev["plain"].evaluate_many(coeffs), ref, rtol=1e-6)
     off = FastEvaluator(fast.model, fast._user_live, fast.origin, fast.directions, fast.batches, fuse=False)
     assert not any(f.startswith("fused") for f in off.features)
+    import lossmap.evaluate as ev_mod
+
+    monkeypatch.setattr(ev_mod, "FLATTEN_LINEAR_MAX_BYTES", 0)  # flatten as usual: only the fusion differs
     np.testing.assert_array_equal(off.evaluate_many(coeffs), fast.evaluate_many(coeffs))  # the post-op ReLU is exact
 
 
@@ -558,7 +561,7 @@ def test_conv_bn_residual_relu_fusion_matches_the_float64_loop(data):
     oracle = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"]
     fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16)["fast"]
     fused = [f for f in fast.features if f.startswith("fused ")]
-    assert fused == ["fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3"], fast.features
+    assert fused == ["fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3, flatten+linear x1"], fast.features
     coeffs = grid2(3, 3)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
     off = FastEvaluator(fast.model, fast._user_live, fast.origin, fast.directions, fast.batches, fuse=False)
@@ -588,6 +591,38 @@ def test_norm_by_batch_statistics_keeps_the_users_batches(data):
     ref = oracle.evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
         assert_same(ev[engine].evaluate_many(coeffs), ref, rtol=1e-6)
+
+
+class FlattenHeads(nn.Module):
+    """Flatten → Linear three ways on channels_last activations, plus a hooked head and a flatten
+    with an explicit end_dim (both left as they are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, stride=2)
+        self.fa, self.fb, self.fc = nn.Linear(6 * 13 * 13, 10), nn.Linear(6 * 13 * 13, 10), nn.Linear(6 * 13 * 13, 10)
+        self.fd, self.fe = nn.Linear(6 * 13 * 13, 10, bias=False), nn.Linear(6 * 13 * 13, 10)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        a = self.fa(h.flatten(1)) + self.fb(torch.flatten(h, start_dim=1)) + self.fd(torch.flatten(h, 1))
+        return a + self.fc(torch.flatten(h, 1)) + self.fe(torch.flatten(h, 1, -1))
+
+
+def test_flatten_linear_reads_channels_last_memory_as_it_lies(data):
+    torch.manual_seed(11)
+    model = FlattenHeads()
+    model.fc.register_forward_hook(lambda m, i, o: o * 0.5)
+    oracle = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"]
+    fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16)["fast"]
+    assert "channels_last" in fast.features
+    assert "fused conv+relu x1, flatten+linear x3" in fast.features  # fa, fb, fd; not fc (hook) nor fe
+    coeffs = grid2(3, 3)
+    ref = oracle.evaluate_many(coeffs)
+    assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-6)
+    # the permuted weights follow every point: back and forth between two points gives the oracle each time
+    for i in (4, 0, 4):
+        assert_same(fast.evaluate_many(coeffs[i : i + 1]), ref[i : i + 1], rtol=1e-6)
 
 
 def test_untraceable_model_keeps_its_own_forward(data):
