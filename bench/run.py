@@ -322,7 +322,7 @@ LEVERS = [("plain loop (batch 256)", None, {}),
           ("fast without sub-batches", {"sub_batch": 100000}, {}),
           ("fast without channels_last", {"channels_last": False}, {}),
           ("fast without oneDNN linear", {"onednn_linear": False}, {}),
-          ("fast without conv+ReLU fusion", {"fuse": False}, {}),
+          ("fast without graph rewrites", {"fuse": False}, {}),
           ("fast + bf16 autocast", {"autocast": "bfloat16"}, {}),
           ("fast + cached first layer", {"first_layer": True}, {})]
 

@@ -779,9 +779,10 @@ class _OneDNNLinear(TorchFunctionMode):
 
 class FastEvaluator(Evaluator):
     """The plain evaluator with the exact speed-ups above (sub-batches, channels_last, oneDNN linear,
-    conv+ReLU fusion, first layer).
+    graph rewrites, first layer).
 
-    Same contract as :class:`Evaluator`. ``features`` lists the speed-ups in use. Not for
+    Same contract as :class:`Evaluator`. ``features`` lists the speed-ups in use. ``fuse=False``
+    turns the graph rewrites off (conv fusion and flatten → Linear). Not for
     ``bn="recompute"`` or a user ``forward`` (``make_evaluator`` gives the plain path there).
     """
 
