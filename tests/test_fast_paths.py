@@ -119,10 +119,15 @@ def test_seed_net_1d_through_compute(data, monkeypatch, cache):
         monkeypatch.setattr("lossmap.evaluate.FIRST_LAYER_MIN_FAN_IN", 0)
     kw = dict(x="-0.8:1.2:7", samples=40, batch_size=16, bias="keep", dtype="float64", seed=5)
     plain = compute(seed_net(), data, engine="plain", **kw)
+    assert plain.attrs["engine"] == "plain"
     for engine in ("fast", "vmap", "auto"):
         other = compute(seed_net(), data, engine=engine, **kw)
         assert_same(other.loss.values, plain.loss.values)
         assert_same(other.accuracy.values, plain.accuracy.values)
+        # the file says which loop ran, with its speed-ups (float64 here: no oneDNN shortcuts)
+        expected = {"fast": "fast: malloc, sub-batch", "vmap": "vmap: malloc, sub-batch", "auto": "fast: malloc, sub-batch"}
+        assert other.attrs["engine"].startswith(expected[engine]), other.attrs["engine"]
+        assert ("first-layer" in other.attrs["engine"]) == (cache and engine != "vmap")
 
 
 def test_first_layer_cache_matches_at_each_point_and_uneven_sub_batches(data):

@@ -188,6 +188,7 @@ def compute(
             attrs = _attrs(
                 grid, theta0, out, ctx, ref, names=names, bn=bn, description=description,
                 samples=int(evaluator.total), tf32=use_tf32, bf16=bool(bf16), errors=errors,
+                engine=evaluator.engine + (": " + ", ".join(evaluator.features) if evaluator.features else ""),
             )
             attrs["settings"] = settings = _settings(
                 attrs, grid, directions, batches, bn_batches if bn == "recompute" else None,
@@ -285,10 +286,12 @@ def _theta0(
 def _attrs(
     grid: Grid, theta0: _Origin, out: Path | None, ctx: distributed.Context | None, ref: torch.Tensor, *,
     names: list[str], bn: str, description: str, samples: int, tf32: bool, bf16: bool, errors: dict[str, float],
+    engine: str,
 ) -> dict[str, Any]:
     """The landscape's attributes at the start of a fresh run (``seconds`` 0, ``created`` now), but for the
     ``settings`` made from them; ``ref`` is a tensor of the borrowed model, on the device and in the dtype of
-    the computation."""
+    the computation; ``engine`` the evaluation loop and its speed-ups (not a setting: every engine
+    computes the same numbers)."""
     directions = theta0.directions
     attrs: dict[str, Any] = {
         "lossmap_format": store.FORMAT,
@@ -312,6 +315,7 @@ def _attrs(
         "tf32": tf32,
         "bf16": bf16,
         **errors,
+        "engine": engine,
         "ranks": 1 if ctx is None else ctx.world,
         "seconds": 0.0,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
