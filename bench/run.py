@@ -329,7 +329,9 @@ LEVERS = [("plain loop (batch 256)", None, {}),
 
 RESNET_LEVERS = [("ResNet-20: plain loop", None),
                  ("ResNet-20: fast without fusion", {"fuse": False}),
-                 ("ResNet-20: fast, all speed-ups", {})]
+                 ("ResNet-20: fast, all speed-ups", {}),
+                 ("ResNet-20: bf16 without fusion", {"autocast": "bfloat16", "fuse": False}),
+                 ("ResNet-20: bf16, all speed-ups", {"autocast": "bfloat16"})]
 
 
 def resnet20():
