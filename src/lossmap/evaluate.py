@@ -768,11 +768,7 @@ class _OneDNNLinear(TorchFunctionMode):
         if func is F.linear and len(args) >= 2:  # every other call of the forward passes straight through
             x, w = args[0], args[1]
             b = args[2] if len(args) > 2 else kwargs.get("bias")
-            if (
-                type(x) in _PLAIN and type(w) in _PLAIN and (b is None or type(b) in _PLAIN)
-                and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and w.dim() == 2 and x.dim() >= 1 and (b is None or b.dtype == torch.float32) and not _cpu_autocast_on()
-            ):
+            if _cpu_floats((x, w, b), (torch.float32,)) and w.dim() == 2 and x.dim() >= 1 and not _cpu_autocast_on():
                 return self.op(x, w, b, "none", [None], "")
         return func(*args, **kwargs)
 
