@@ -574,6 +574,17 @@ def test_conv_bn_residual_relu_fusion_matches_the_float64_loop(data):
     assert_same(off.evaluate_many(coeffs), fast.evaluate_many(coeffs), rtol=1e-6)
 
 
+def test_folded_batch_norms_follow_moving_running_statistics(data):
+    """With ``include_buffers`` the running statistics move too; the folding reads them at every point.
+    (Small steps: a random direction on running_var soon makes a variance negative.)"""
+    kw = dict(x="-0.02:0.02:3", y="-0.02:0.02:3", samples=40, batch_size=16, include_buffers=True, bias="keep", seed=1)
+    ref = compute(residual_net(data).double(), data, engine="plain", dtype="float64", **kw)
+    fast = compute(residual_net(data), data, engine="fast", **kw)
+    assert "conv+bn+add+relu x3" in fast.attrs["engine"] and "running_var" in " ".join(fast.attrs["moved_tensors"])
+    assert_same(fast.loss.values, ref.loss.values, rtol=1e-6)
+    assert np.ptp(ref.loss.values) > 1e-3  # the points differ: the statistics did move
+
+
 def test_fused_residual_net_under_bf16_within_its_bound(data):
     """bf16 autocast with folded batch norms and residual post-ops: within the bf16 bound of the float64 loop."""
     model = residual_net(data)
