@@ -546,7 +546,7 @@ class ResidualNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(F.relu(sc), 1).flatten(1))
 
 
-def residual_net(data) -> nn.Module:
+def residual_net() -> nn.Module:
     torch.manual_seed(9)
     net = ResidualNet()
     net.en1.register_forward_hook(lambda m, i, o: None)  # hooked: keeps its own call, e1 fuses nothing
@@ -562,7 +562,7 @@ def residual_net(data) -> nn.Module:
 
 
 def test_conv_bn_residual_relu_fusion_matches_the_float64_loop(data):
-    model = residual_net(data)
+    model = residual_net()
     oracle = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"]
     fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16)["fast"]
     fused = [f for f in fast.features if f.startswith("fused ")]
@@ -578,8 +578,8 @@ def test_folded_batch_norms_follow_moving_running_statistics(data):
     """With ``include_buffers`` the running statistics move too; the folding reads them at every point.
     (Small steps: a random direction on running_var soon makes a variance negative.)"""
     kw = dict(x="-0.02:0.02:3", y="-0.02:0.02:3", samples=40, batch_size=16, include_buffers=True, bias="keep", seed=1)
-    ref = compute(residual_net(data).double(), data, engine="plain", dtype="float64", **kw)
-    fast = compute(residual_net(data), data, engine="fast", **kw)
+    ref = compute(residual_net().double(), data, engine="plain", dtype="float64", **kw)
+    fast = compute(residual_net(), data, engine="fast", **kw)
     assert "conv+bn+add+relu x3" in fast.attrs["engine"] and "running_var" in " ".join(fast.attrs["moved_tensors"])
     assert_same(fast.loss.values, ref.loss.values, rtol=1e-6)
     assert np.ptp(ref.loss.values) > 1e-3  # the points differ: the statistics did move
@@ -587,7 +587,7 @@ def test_folded_batch_norms_follow_moving_running_statistics(data):
 
 def test_fused_residual_net_under_bf16_within_its_bound(data):
     """bf16 autocast with folded batch norms and residual post-ops: within the bf16 bound of the float64 loop."""
-    model = residual_net(data)
+    model = residual_net()
     ref = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"].evaluate_many(grid2(2, 2))
     fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16, autocast=torch.bfloat16)["fast"]
     assert "fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3" in fast.features
