@@ -333,11 +333,11 @@ class Evaluator:
 #   checked against the model's own forward on a probe batch): an evaluation-mode BatchNorm2d folded
 #   into the weights and bias, a residual add as a binary post-op, a ReLU as a unary one. The passes
 #   over the conv output disappear. Seed net (conv+ReLU): 10.5-11.6 -> 11.9-12.9 points/s,
-#   bit-identical (the post-op is exact). CIFAR ResNet-20 (conv+BN(+add)+ReLU, 1,000 samples, fresh
-#   processes, three rounds): 3.26-3.41 -> 3.18-3.41 points/s in float32 (no gain on this 2-core CPU:
-#   its activations stay in the 32 MB L3, so the separate passes were cheap; a binary-add post-op
-#   costs about what a separate add does), 6.2-6.4 -> 6.6-7.2 under bf16 autocast, where the fused
-#   convolutions run in bf16. Folding changes float32 rounding only (within 1e-6 of the float64 loop).
+#   bit-identical (the post-op is exact). CIFAR ResNet-20 (conv+BN(+add)+ReLU, 1,000 samples, six
+#   runs): 3.1-3.4 -> 3.2-3.6 points/s in float32 (little gain on this 2-core CPU: its activations
+#   stay in the 32 MB L3, so the separate passes were cheap; a binary-add post-op costs about what a
+#   separate add does), 6.1-6.4 -> 6.6-7.2 under bf16 autocast, where the fused convolutions run in
+#   bf16. Folding changes float32 rounding only (within 1e-6 of the float64 loop).
 # * flatten → Linear on channels_last activations (``_FlattenLinear``, same FX pass): the Linear reads
 #   the NHWC memory as it lies against its weight's columns permuted once per point, instead of
 #   copying the activations to NCHW order for every batch. Seed net: 84.6 -> 81.2 ms a point (medians
@@ -637,7 +637,7 @@ class _FlattenLinear(nn.Module):
         ):
             n, c, h, w = x.shape
             key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.stride()), c, h, w)
-            if key != self._key or self._perm is None:
+            if key != self._key:
                 self._perm = weight.view(-1, c, h, w).permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
                 self._key = key
             return F.linear(x.permute(0, 2, 3, 1).reshape(n, -1), self._perm, bias)
@@ -648,9 +648,9 @@ def _flatten_into_linear(node: torch.fx.Node, modules: Mapping[str, nn.Module], 
     """The ``nn.Linear`` call that is the only use of ``node`` when ``node`` is ``flatten(x, 1)``."""
     flat = (node.op == "call_function" and node.target is torch.flatten) or (
         node.op == "call_method" and node.target == "flatten")
-    if not flat or len(node.args) < 1 or (node.args[1:] or (node.kwargs.get("start_dim"),)) not in ((1,),):
-        return None
-    if set(node.kwargs) - {"start_dim"}:
+    if not flat or not 1 <= len(node.args) <= 2 or set(node.kwargs) - {"start_dim"}:
+        return None  # an end_dim too: left as it is
+    if (node.args[1] if len(node.args) == 2 else node.kwargs.get("start_dim", 0)) != 1:
         return None
     user = _sole_user(node)
     m = modules.get(str(user.target)) if user is not None and user.op == "call_module" else None
@@ -802,9 +802,10 @@ class FastEvaluator(Evaluator):
         self._linear_mode: _OneDNNLinear | None = None
         if self.autocast is not None:
             self.features.append(f"autocast {str(self.autocast).replace('torch.', '')}")
-        # the oneDNN shortcuts are float32 CPU kernels; under autocast, autocast's own kernels run
-        fp32_cpu = device.type == "cpu" and self.origin[0].dtype == torch.float32 and self.autocast is None
-        if onednn_linear is not False and fp32_cpu:
+        # the oneDNN shortcuts are float32 CPU kernels: the GEMM stands aside under autocast (autocast's
+        # own kernels run); the fused convolutions run in bf16 under a bf16 autocast
+        fp32_cpu = device.type == "cpu" and self.origin[0].dtype == torch.float32
+        if onednn_linear is not False and fp32_cpu and self.autocast is None:
             op = _onednn_linear_op()
             if op is not None:
                 self._linear_mode = _OneDNNLinear(op)
@@ -854,13 +855,11 @@ class FastEvaluator(Evaluator):
             if self._first is not None:
                 self.features.append("first-layer")
 
-        # fusion also under bf16 autocast (the fused layers then run in bf16, as autocast's would)
-        if fuse is not False and device.type == "cpu" and self.origin[0].dtype == torch.float32 and (
-                self.autocast is None or self.autocast == torch.bfloat16):
+        if fuse is not False and fp32_cpu and self.autocast in (None, torch.bfloat16):
             self._fuse()
 
     def _fuse(self) -> None:
-        """Conv2d with its batch norm, residual add and ReLU as single oneDNN convolutions, kept only if the probe batch agrees."""
+        """The graph rewrites of :func:`_fuse_convs`, kept only if the probe batch agrees."""
         self.model.eval()  # traced in evaluation mode (a forward that reads self.training bakes it in)
         first = self._first.module if self._first is not None else None
         made = _fuse_convs(self.model, first, flatten_linear=self.autocast is None)  # see _FlattenLinear
