@@ -34,10 +34,27 @@ def feed(h: "hashlib._Hash", obj: Any) -> None:
     elif isinstance(obj, (int, float, str, bool)) or obj is None:
         h.update(f"V{obj!r}|".encode())
     elif isinstance(obj, np.ndarray):
-        feed(h, torch.from_numpy(np.ascontiguousarray(obj)))
+        _feed_array(h, obj)
     else:  # an object of the user's: its type and, where it is not just an address, its repr
         text = repr(obj)
         h.update(f"O{type(obj).__name__}|{'' if ' at 0x' in text else text}|".encode())
+
+
+def _feed_array(h: "hashlib._Hash", a: np.ndarray) -> None:
+    """Numbers as a tensor's bytes (piecewise); other fixed-size values (text, dates) by their bytes;
+    object arrays item by item."""
+    if a.dtype.hasobject:
+        h.update(f"A{a.shape}|".encode())
+        for item in a.ravel():
+            feed(h, item)
+        return
+    try:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    except TypeError:  # a dtype torch has no tensor for
+        h.update(f"N{a.dtype.str}{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+        return
+    feed(h, t)
 
 
 def batches_hash(batches: Sequence[Batch] | None) -> str:
