@@ -25,6 +25,17 @@ if [ -z "${LOSSMAP_BENCH_MNIST:-}" ] && [ ! -d ../shared/data/mnist ] && [ -d .d
     export LOSSMAP_BENCH_MNIST=.data/mnist
 fi
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
-"$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/test_gpu.py 2>&1 | tee "$OUT/gpu-tests.log"
-"$PY" bench/run.py --device cuda --samples 10000 --grid 51 --skip b,levers,memory,cli \
-    --out "$OUT/gpu-51x51.json" 2>&1 | tee "$OUT/gpu-bench.log"
+# each step's log is written, then shown; its exit status (not tee's) decides
+step() {
+    log=$1
+    shift
+    rc=0
+    "$@" > "$OUT/$log" 2>&1 || rc=$?
+    cat "$OUT/$log"
+    return "$rc"
+}
+tests_rc=0
+step gpu-tests.log "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/test_gpu.py || tests_rc=$?
+step gpu-bench.log "$PY" bench/run.py --device cuda --samples 10000 --grid 51 --skip b,levers,memory,cli \
+    --out "$OUT/gpu-51x51.json"
+exit "$tests_rc"

@@ -85,7 +85,11 @@ def _launch_bare(script: Path, jobs: list[str], ranks: int, **env: str) -> list[
         )
         for r in range(ranks)
     ]
-    return [subprocess.CompletedProcess(p.args, p.wait(timeout=240), *p.communicate()) for p in procs]
+    done = []
+    for p in procs:  # communicate() reads both pipes while waiting, so a chatty rank cannot block on them
+        out, err = p.communicate(timeout=240)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
 
 
 def _values(path: Path) -> np.ndarray:
