@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import lossmap
-from lossmap import store
+from lossmap import LossmapError, store
 from lossmap.cli import main
 from lossmap.directions import Directions, target_directions
 from lossmap.models import load_checkpoint, load_model, save_checkpoint
@@ -229,7 +229,7 @@ def test_info_prints_the_settings_one_per_line(tmp_path, capsys):
     assert rows["x"] == "5 points from -1 to 1, step 0.5" and rows["y"] == "none"
     assert rows["metrics"] == "loss, accuracy, spread"
     assert rows["theta0_sha256"] == settings["theta0_sha256"][:12] + "…"
-    assert rows["loss_function"] == "default" and rows["forward_function"] == "default"
+    assert rows["loss_function"] == "default" and rows["forward_function"] == "the model's"  # what a null falls back to
     assert rows["tensor_filter"] == "none" and rows["bn_data_sha256"] == "none"
     assert rows["metric_functions"] == ""
     digest = settings["metric_functions"]["spread"].split("sha256:")[1]
@@ -238,6 +238,20 @@ def test_info_prints_the_settings_one_per_line(tmp_path, capsys):
     # the values line up after the longest key
     starts = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in section if not line.startswith("    ") and not line.endswith(":")}
     assert starts == {len(max(settings, key=len)) + 4}  # "  " + key + ":" + " "
+
+
+def test_info_names_a_null_function_setting_as_a_refused_resume_does(tmp_path, capsys):
+    """A run without its own functions: each null reads as what it falls back to, in the same words as the
+    message of a resume refused over that setting."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    data = (torch.randn(20, 4), torch.randint(0, 3, (20,)))
+    path = tmp_path / "n.nc"
+    lossmap.compute(model, data, "-1:1:3", out=path)
+    text = run_ok(["info", path], capsys)
+    rows = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in text.split("\nsettings:\n", 1)[1].splitlines()}
+    assert (rows["loss_function"], rows["metric_functions"], rows["forward_function"]) == ("default", "none", "the model's")
+    with pytest.raises(LossmapError, match=r"forward_function \(file: the model's, now: "):
+        lossmap.compute(model, data, "-1:1:3", out=path, forward=lambda m, batch: m(batch[0]))
 
 
 def test_plot_single_kind_exact_file_and_options(env, tmp_path, capsys):

@@ -538,26 +538,38 @@ def _settings(
     return json.loads(json.dumps(settings))  # the form it has after a round trip through the file
 
 
+#: how a function setting's null reads: the built-in each falls back to
 _CALLABLE_FIELDS = {"loss_function": "default", "metric_functions": "none", "forward_function": "the model's"}
+#: a full sha256 in hex; a setting shows it by its first 12 digits (the file holds all of it)
 _SHA256 = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
 
 
-def _show(key: str, value: Any) -> str:
-    if key in ("x", "y") and isinstance(value, list):
-        if not value:
-            return "none"
-        return f"{len(value)} points from {value[0]:g} to {value[-1]:g}" if len(value) > 1 else f"1 point at {value[0]:g}"
-    if key in _CALLABLE_FIELDS:
-        if value is None:
-            return _CALLABLE_FIELDS[key]
-        if isinstance(value, Mapping):
-            value = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
-        return _SHA256.sub(r"\1…", str(value))
+def show_axis(values: Sequence[float]) -> str:
+    """A grid axis in words: its size, ends and (when even) step."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 1:
+        return f"1 point at {values[0]:g}"
+    step = np.diff(values)
+    even = np.allclose(step, step[0], rtol=1e-9, atol=0)
+    return f"{values.size} points from {values[0]:g} to {values[-1]:g}" + (f", step {step[0]:.6g}" if even else " (uneven)")
+
+
+def show_setting(key: str, value: Any) -> str:
+    """One value of a run's settings (:data:`SETTINGS_FIELDS`) on one line, for reading: hashes shortened,
+    grids summarized, a function field's null named by what it falls back to."""
     if value is None:
-        return "none" if key in ("x", "y") else "unknown"
-    if isinstance(value, str) and key.endswith("sha256"):
-        return value[:12] or "none"
-    return repr(value)
+        return _CALLABLE_FIELDS.get(key, "none")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list) and value and all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in value):
+        return show_axis(value)
+    if isinstance(value, list):
+        return ", ".join(show_setting(key, e) for e in value) if value else "none"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {show_setting(key, v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        return _SHA256.sub("\\1…", value) if value else "none"
+    return str(value)
 
 
 # settings added after the first files were written, with the value a file that lacks them was made with
@@ -573,8 +585,8 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     for key in SETTINGS_FIELDS:
         was = old[key] if key in old else _LATER_SETTINGS.get(key, _UNRECORDED)
         if was != new.get(key):
-            shown = "not recorded" if key not in old else _show(key, was)
-            out.append(f"{key} (file: {shown}, now: {_show(key, new.get(key))})")
+            shown = "not recorded" if key not in old else show_setting(key, was)
+            out.append(f"{key} (file: {shown}, now: {show_setting(key, new.get(key))})")
     return out
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 import numpy as np
 
-#: a full sha256 in hex; in the settings it is shown by its first 12 digits (the file holds all of it)
-_SHA256 = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
+from ..landscape import show_axis, show_setting
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -22,14 +20,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE.nc", help="a landscape file")
     p.set_defaults(func=run)
     return p
-
-
-def _axis(values: np.ndarray) -> str:
-    if values.size == 1:
-        return f"1 point at {values[0]:g}"
-    step = np.diff(values)
-    even = np.allclose(step, step[0], rtol=1e-9, atol=0)
-    return f"{values.size} points from {values[0]:g} to {values[-1]:g}" + (f", step {step[0]:.6g}" if even else " (uneven)")
 
 
 def _value(v) -> str:
@@ -45,23 +35,6 @@ def _value(v) -> str:
     return str(v)
 
 
-def _setting(key: str, v) -> str:
-    """One value of the ``settings`` attribute, for reading: hashes shortened, grids summarized."""
-    if v is None:  # a function field's null is the built-in default
-        return "default" if key.endswith(("_function", "_functions")) else "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list) and v and all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in v):
-        return _axis(np.asarray(v, dtype=float))
-    if isinstance(v, list):
-        return ", ".join(_setting(key, e) for e in v) if v else "none"
-    if isinstance(v, dict):
-        return json.dumps(v, ensure_ascii=False, sort_keys=True)
-    if isinstance(v, str):
-        return _SHA256.sub("\\1…", v) if v else "none"
-    return str(v)
-
-
 def _settings(settings) -> list[str]:
     """``settings:`` and under it ``key: value`` per line (a mapping's entries indented one level more)."""
     if not isinstance(settings, dict):  # not a JSON object: as it is
@@ -73,9 +46,9 @@ def _settings(settings) -> list[str]:
         if isinstance(v, dict) and v:
             out.append(f"  {key}:")
             inner = max(len(str(k)) for k in v) + 1
-            out.extend(f"    {(str(k) + ':').ljust(inner)} {_setting(key, v[k])}" for k in sorted(v, key=str))
+            out.extend(f"    {(str(k) + ':').ljust(inner)} {show_setting(key, v[k])}" for k in sorted(v, key=str))
         else:
-            out.append(f"  {(str(key) + ':').ljust(width)} {_setting(key, v)}")
+            out.append(f"  {(str(key) + ':').ljust(width)} {show_setting(key, v)}")
     return out
 
 
@@ -86,7 +59,7 @@ def lines(ds, name: str) -> list[str]:
     for axis in ("x", "y"):
         if axis in ds.coords:
             label = ds[axis].attrs.get("long_name", "")
-            out.append(f"  {axis}: {_axis(np.asarray(ds[axis].values, dtype=float))}" + (f"  [{label}]" if label else ""))
+            out.append(f"  {axis}: {show_axis(ds[axis].values)}" + (f"  [{label}]" if label else ""))
     out.append("metrics:")
     centre = {a: int(np.argmin(np.abs(ds[a].values))) for a in ("x", "y") if a in ds.coords}
     for var in ds.data_vars:
