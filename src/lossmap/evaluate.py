@@ -1086,6 +1086,36 @@ class VmapEvaluator(FastEvaluator):
         self.vmap_ok = all(n is not None for n in self._names)
         if self.vmap_ok:
             self.features.append("vmap")
+            if not self._vmaps():
+                self._fall_back()
+
+    def _vmaps(self) -> bool:
+        """Whether the model runs under vmap: two points on two samples of the first batch (so that the
+        engine the file records is the one that runs)."""
+        ref = self.origin[0]
+        c = torch.zeros(min(2, self.points_per_forward), len(self.directions), dtype=ref.dtype, device=ref.device)
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                self._forward_points(self._stack(c), _slice(self.batches[0].inputs, 0, 2))
+        except (RuntimeError, NotImplementedError, TypeError):
+            return False
+        return True
+
+    def _fall_back(self) -> None:
+        """An operation vmap cannot batch: one point at a time (the fast path) from here on."""
+        self.vmap_ok = False
+        self.features = [f for f in self.features if f != "vmap"] + ["vmap-fallback"]
+
+    def _forward_points(self, params: dict[str, torch.Tensor], inputs: Any) -> Any:
+        """The model's outputs at several points at once, ``(points, batch, …)``."""
+        model = self.model
+
+        def f(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(model, p, (x,))
+
+        with self._amp():
+            return torch.vmap(f, in_dims=(0, None))(params, inputs)
 
     def _stack(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
         params = {}
@@ -1103,18 +1133,11 @@ class VmapEvaluator(FastEvaluator):
         ref = self.origin[0]
         c = torch.as_tensor(np.asarray(coeffs, dtype=np.float64), device=ref.device).to(ref.dtype)
         params = self._stack(c)
-        model = self.model
-
-        def f(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return torch.func.functional_call(model, p, (x,))
-
         acc = torch.zeros(P, self.n_metrics, dtype=torch.float64, device=ref.device)
-        model.eval()
+        self.model.eval()
         with torch.inference_mode():
             for b in self.batches:
-                with self._amp():
-                    out = torch.vmap(f, in_dims=(0, None))(params, b.inputs)  # (P, batch, …)
-                out = self._widen(out)
+                out = self._widen(self._forward_points(params, b.inputs))  # (P, batch, …)
                 if self.loss_fn is None and not self.extra:
                     t = b.targets
                     if isinstance(t, torch.Tensor) and t.is_floating_point() and t.shape == out.shape[1:]:
@@ -1141,10 +1164,8 @@ class VmapEvaluator(FastEvaluator):
         for lo in range(0, len(coeffs), step):
             try:
                 out[lo : lo + step] = self._many(coeffs[lo : lo + step])
-            except (RuntimeError, NotImplementedError, TypeError):
-                # an operation vmap cannot batch: evaluate one point at a time from here on
-                self.vmap_ok = False
-                self.features = [f for f in self.features if f != "vmap"] + ["vmap-fallback"]
+            except (RuntimeError, NotImplementedError, TypeError):  # one the probe at the start did not meet
+                self._fall_back()
                 out[lo:] = super().evaluate_many(coeffs[lo:])
                 break
         return out
