@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -474,3 +477,23 @@ def test_single_row_grid(tmp_path):
     assert paths == [tmp_path / "row_heatmap.png", tmp_path / "row_line.png"]
     _, ax = plot_heatmap(ds)
     np.testing.assert_allclose(_mesh(ax).get_coordinates()[:, 0, 1], [-0.5, 0.5])  # one cell, unit height
+
+
+def test_the_package_hands_out_the_static_names_and_nothing_else_without_matplotlib():
+    """``lossmap.plot`` names what :mod:`lossmap.plot.static` exports; another name fails without importing
+    matplotlib, a real one is imported once and then found in the package itself."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import lossmap.plot as plot
+        assert not hasattr(plot, "no_such_name") and not hasattr(plot, "_private")
+        assert "matplotlib" not in sys.modules
+        from lossmap.plot import interactive, scale  # submodules still import
+        assert "matplotlib" not in sys.modules
+        f = plot.plot_line
+        assert vars(plot)["plot_line"] is f and "matplotlib" in sys.modules
+        from lossmap.plot import static
+        assert plot.__all__ == static.__all__
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

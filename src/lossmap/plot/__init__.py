@@ -6,15 +6,34 @@ first use, so that importing ``lossmap.plot`` or its sibling modules does not im
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any
+
+#: the names of :mod:`lossmap.plot.static` (its ``__all__``) that this package hands out
+_STATIC = (
+    "plot_line",
+    "plot_contour",
+    "plot_heatmap",
+    "plot_surface",
+    "plot_compare",
+    "save_figure",
+    "plot_all",
+    "figure",
+    "kinds_for",
+    "KINDS_2D",
+    "robust_upper",
+    "describe",
+    "FORMATS",
+    "ROBUST_PERCENTILE",
+    "DEFAULT_LEVELS",
+)
+
+__all__ = list(_STATIC)
 
 
 def __getattr__(name: str) -> Any:
-    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        raise AttributeError(name)  # a submodule being imported (``from lossmap.plot import interactive``)
-    static = importlib.import_module(f"{__name__}.static")
-    if name in static.__all__:
-        return getattr(static, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _STATIC:  # anything else (a submodule being imported, a typo) without importing matplotlib
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import static
+
+    value = globals()[name] = getattr(static, name)  # later lookups find it without coming here
+    return value
