@@ -148,6 +148,15 @@ def test_require_comparable_names_the_differing_grid():
         stats.require_comparable([a, a.drop_vars("accuracy")], ["a", "d"])
 
 
+def test_require_same_grid_is_public_and_leaves_the_metrics_alone():
+    """The grid check alone (what a figure of one metric needs) is part of the module's public names."""
+    assert "require_same_grid" in stats.__all__
+    a = bowl(x=np.linspace(-1, 1, 5), y=np.linspace(-1, 1, 5))
+    stats.require_same_grid([a, a.drop_vars("accuracy")], ["a", "d"])
+    with pytest.raises(LossmapError, match="x grid"):
+        stats.require_same_grid([a, bowl(x=np.linspace(-1, 1, 7), y=np.linspace(-1, 1, 5))], ["a", "b"])
+
+
 def test_table_lists_every_number_per_landscape():
     s1 = stats.summarize(bowl(2.0, 0.5, x=np.linspace(-1, 1, 21), y=np.linspace(-1, 1, 21)))
     s2 = stats.summarize(bowl(1.0, 0.5, x=np.linspace(-1, 1, 21), y=np.linspace(-1, 1, 21)))

@@ -38,7 +38,7 @@ import xarray as xr
 
 from .errors import LossmapError
 
-__all__ = ["summarize", "attach", "require_comparable", "caveats", "table", "ordered_keys", "PREFIX", "KEYS"]
+__all__ = ["summarize", "attach", "require_comparable", "require_same_grid", "caveats", "table", "ordered_keys", "PREFIX", "KEYS"]
 
 #: prefix of the attributes :func:`attach` writes
 PREFIX = "summary_"
