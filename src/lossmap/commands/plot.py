@@ -40,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from .. import store
     from ..errors import LossmapError
     from ..plot import static
+    from ..plot.scale import DEFAULT_LEVELS
 
     formats = [f.strip().lower().lstrip(".") for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in static.FORMATS]
     if not formats or bad:
         raise LossmapError(f"--format {args.format!r}: choose png, pdf or svg (several separated by commas)")
-    levels_option(args.levels, 0)
+    levels = levels_option(args.levels, DEFAULT_LEVELS)
     if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
         raise LossmapError(f"--vmin {args.vmin} must be less than --vmax {args.vmax}")
     ds = store.load(args.file)
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise LossmapError(f"output folder {str(folder)!r} does not exist: create it or choose another --out")
 
-    options = dict(metric=args.metric, log=args.log, levels=args.levels, vmin=args.vmin, vmax=args.vmax)
+    options = dict(metric=args.metric, log=args.log, levels=levels, vmin=args.vmin, vmax=args.vmax)
     if args.kind == "all":
         written = static.plot_all(ds, out, formats, **options)
     else:
