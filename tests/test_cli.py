@@ -265,6 +265,10 @@ def test_plot_single_kind_exact_file_and_options(env, tmp_path, capsys):
     run_ok(surface_args(env, line, "--x", "-1:1:4"), capsys)
     run_ok(["plot", line], capsys)
     assert (tmp_path / "l_line.png").read_bytes()[:4] == b"\x89PNG"
+    # a stem, with or without a figure suffix, gets _<kind> whether one kind or all are drawn
+    run_ok(["plot", line, "--kind", "line", "--out", tmp_path / "one"], capsys)
+    run_ok(["plot", line, "--out", tmp_path / "every.pdf"], capsys)
+    assert (tmp_path / "one_line.png").is_file() and (tmp_path / "every_line.png").is_file()
     msg = run_fail(["plot", line, "--kind", "contour"], capsys)
     assert "1-D" in msg and "--kind line" in msg
 

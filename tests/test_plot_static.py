@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from lossmap.plot import (
     robust_upper,
     save_figure,
 )
+from lossmap.plot.static import figure_stem
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -441,6 +443,12 @@ def test_save_figure_formats_and_dpi(tmp_path):
     fig, _ = plot_line(interpolation())
     with pytest.raises(LossmapError, match="does not exist"):
         save_figure(fig, tmp_path / "missing" / "x")
+
+
+def test_figure_stem_adds_the_kind_after_dropping_a_figure_suffix(tmp_path):
+    assert figure_stem(tmp_path / "run", "contour") == tmp_path / "run_contour"
+    assert figure_stem(tmp_path / "run.PDF", "line") == tmp_path / "run_line"
+    assert figure_stem("run.v2", "heatmap") == Path("run.v2_heatmap")  # not a figure suffix: kept
 
 
 def test_plot_all_1d(tmp_path):

@@ -59,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.file)
     out = Path(args.out) if args.out else src.with_suffix("")
     single_file = args.out and args.kind != "all" and out.suffix.lower().lstrip(".") in static.FORMATS
-    if out.suffix.lower().lstrip(".") in static.FORMATS and not single_file:
-        out = out.with_suffix("")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise LossmapError(f"output folder {str(folder)!r} does not exist: create it or choose another --out")
@@ -70,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         written = static.plot_all(ds, out, formats, **options)
     else:
         fig = static.figure(ds, args.kind, **options)
-        written = static.save_figure(fig, out if single_file else out.with_name(f"{out.name}_{args.kind}"), formats)
+        written = static.save_figure(fig, out if single_file else static.figure_stem(out, args.kind), formats)
     for path in written:
         print(f"wrote {path}")
     return 0

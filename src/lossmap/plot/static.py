@@ -746,16 +746,21 @@ def figure(ds: xr.Dataset, kind: str, metric: str | None = None, log: bool = Fal
     raise LossmapError(f"figure kind {kind!r} is unknown: choose one of {', '.join(KINDS_2D)}")
 
 
+def figure_stem(stem: str | Path, kind: str) -> Path:
+    """``<stem>_<kind>``, the stem of a ``kind`` figure's files (a ``.png``/``.pdf``/``.svg`` on ``stem`` dropped)."""
+    stem = Path(stem)
+    if stem.suffix.lower().lstrip(".") in FORMATS:
+        stem = stem.with_suffix("")
+    return stem.with_name(f"{stem.name}_{kind}")
+
+
 def plot_all(ds: xr.Dataset, out_stem: str | Path, formats: Sequence[str] = ("png", "pdf"), log: bool = False,
              metric: str | None = None, levels: Any = None, vmin: float | None = None,
              vmax: float | None = None) -> list[Path]:
     """Every figure that applies (:func:`kinds_for`), as ``<stem>_<kind>.<fmt>``; returns the paths written."""
-    stem = Path(out_stem)
-    if stem.suffix.lower().lstrip(".") in FORMATS:
-        stem = stem.with_suffix("")
     fmts = [formats] if isinstance(formats, str) else list(formats)
     written: list[Path] = []
     for kind in kinds_for(ds):
         fig = figure(ds, kind, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax)
-        written += save_figure(fig, stem.with_name(f"{stem.name}_{kind}"), fmts)
+        written += save_figure(fig, figure_stem(out_stem, kind), fmts)
     return written
