@@ -361,11 +361,10 @@ def target_directions(
     nr = _norm(r)
     if nr <= 1e-6 * n0:  # collinear up to float32 rounding
         raise LossmapError(f"models {names[0]}, {names[1]}, {names[2]} lie on one line: no plane passes through them")
-    d1 = r
-    for n in d1:
-        d1[n].mul_(n0 / nr)
+    for v in r.values():  # in place, the residual becomes d1, as long as d0
+        v.mul_(n0 / nr)
     return Directions(
-        tensors=[d0, d1], kind="target", normalization="none", bias_policy="keep",
+        tensors=[d0, r], kind="target", normalization="none", bias_policy="keep",
         include_buffers=include_buffers, tensor_filter=tensor_filter,
         markers={names[0]: [0.0, 0.0], names[1]: [1.0, 0.0], names[2]: [t, nr / n0]},
         labels=[f"α ({names[0]} → {names[1]})", f"β (toward {names[2]}, orthogonalized)"],
