@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import LossmapError
-from .space import _pieces, check_finite, select_tensors, tensor_hash
+from .space import pieces, check_finite, select_tensors, tensor_hash
 
 NORMALIZATIONS = ("filter", "layer", "model", "none")
 BIAS_POLICIES = ("zero", "filter", "keep")
@@ -66,7 +66,7 @@ def _sub_scaled_(dst: torch.Tensor, src: torch.Tensor, coef: float) -> torch.Ten
     if dst.dtype != torch.result_type(dst, src) or dst.shape != src.shape:
         return dst - src * coef  # the result's dtype or shape is not dst's
     if dst.is_contiguous() and src.is_contiguous():
-        for d, s in zip(_pieces(dst), _pieces(src)):
+        for d, s in zip(pieces(dst), pieces(src)):
             d.sub_(s * coef)
     else:
         dst.sub_(src * coef)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import LossmapError
 
-__all__ = ["select_tensors", "tensor_hash", "borrow", "Lease", "write_point", "check_finite"]
+__all__ = ["select_tensors", "tensor_hash", "borrow", "Lease", "write_point", "check_finite", "pieces"]
 
 
 def _patterns(tensor_filter: str | Sequence[str] | None) -> list[str]:
@@ -57,7 +57,7 @@ def select_tensors(
 _PIECE = 1 << 20
 
 
-def _pieces(t: torch.Tensor, limit: int = _PIECE) -> Iterator[torch.Tensor]:
+def pieces(t: torch.Tensor, limit: int = _PIECE) -> Iterator[torch.Tensor]:
     """Views of ``t`` that together cover it in row-major order, each of at most ``limit`` values.
     Views only: nothing is copied."""
     if t.dim() == 0 or t.numel() <= limit:
@@ -73,7 +73,7 @@ def _pieces(t: torch.Tensor, limit: int = _PIECE) -> Iterator[torch.Tensor]:
         row = t[0].numel()
         if row > limit:
             for i in range(t.shape[0]):
-                yield from _pieces(t[i], limit)
+                yield from pieces(t[i], limit)
         else:
             step = limit // row
             for lo in range(0, t.shape[0], step):
@@ -96,7 +96,7 @@ def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
 
 def feed_bytes(h: "hashlib._Hash", t: torch.Tensor) -> None:
     """Add ``t``'s raw bytes in row-major order to the hash ``h``, piece by piece (no full-size copy)."""
-    for piece in _pieces(t.detach()):
+    for piece in pieces(t.detach()):
         h.update(piece.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
 
 
@@ -110,7 +110,7 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str = "θ0") -> None:
         if not t.is_floating_point():
             continue
         ok = torch.ones((), dtype=torch.bool, device=t.device)
-        for piece in _pieces(t.detach()):
+        for piece in pieces(t.detach()):
             ok &= torch.isfinite(piece).all()
         if not bool(ok):
             raise LossmapError(f"{what} has non-finite values in {name!r}: load a checkpoint without NaN/inf weights")
