@@ -323,15 +323,18 @@ def test_custom_loss_and_metrics_keep_user_batches(data):
         assert_same(ev[engine].evaluate_many(coeffs), ref)
 
 
+class LateItemNet(LinearFirst):
+    """vmaps on the vmap engine's probe (two samples) but not on larger batches: ``.item()`` of a vmapped parameter."""
+
+    def forward(self, x):
+        scale = 1.0 + (abs(float(self.fc2.bias.sum().item())) if x.shape[0] > 2 else 0.0)
+        return super().forward(x) / scale
+
+
 def test_vmap_falls_back_when_the_model_cannot_be_batched(data):
     class ItemNet(LinearFirst):
         def forward(self, x):
             scale = 1.0 + abs(float(self.fc2.bias.sum().item()))  # .item() of a vmapped parameter fails
-            return super().forward(x) / scale
-
-    class LateItemNet(LinearFirst):  # fails under vmap only on batches larger than the probe's two samples
-        def forward(self, x):
-            scale = 1.0 + (abs(float(self.fc2.bias.sum().item())) if x.shape[0] > 2 else 0.0)
             return super().forward(x) / scale
 
     for net in (ItemNet, LateItemNet):
@@ -344,6 +347,15 @@ def test_vmap_falls_back_when_the_model_cannot_be_batched(data):
         assert ("vmap-fallback" in vm.features) == (net is ItemNet)
         assert_same(vm.evaluate_many(coeffs), ref)
         assert "vmap-fallback" in vm.features and "vmap" not in vm.features
+
+
+def test_a_fallback_mid_run_reaches_the_files_engine(data, tmp_path):
+    from lossmap import store
+
+    torch.manual_seed(5)
+    ds = compute(LateItemNet(), data, x="-1:1:3", samples=24, engine="vmap", out=tmp_path / "l.nc")
+    assert ds.attrs["engine"].startswith("vmap: ") and "vmap-fallback" in ds.attrs["engine"]
+    assert store.load(tmp_path / "l.nc").attrs["engine"] == ds.attrs["engine"]
 
 
 def test_user_forward_gets_the_plain_path(data):

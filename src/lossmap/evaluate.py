@@ -224,6 +224,10 @@ class Evaluator:
         self._extra_names = self.metric_names[len(base):]
         self._acc = torch.zeros(self.n_metrics, dtype=torch.float64, device=self.origin[0].device)
 
+    def describe(self) -> str:
+        """The engine and the speed-ups in use, e.g. ``"fast: malloc, channels_last"``."""
+        return self.engine + (": " + ", ".join(self.features) if self.features else "")
+
     def _amp(self) -> contextlib.AbstractContextManager:
         """The autocast context of a forward pass (nothing without ``autocast``)."""
         if self.autocast is None:

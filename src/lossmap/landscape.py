@@ -188,7 +188,7 @@ def compute(
             attrs = _attrs(
                 grid, theta0, out, ctx, ref, names=names, bn=bn, description=description,
                 samples=int(evaluator.total), tf32=use_tf32, bf16=bool(bf16), errors=errors,
-                engine=evaluator.engine + (": " + ", ".join(evaluator.features) if evaluator.features else ""),
+                engine=evaluator.describe(),
             )
             attrs["settings"] = settings = _settings(
                 attrs, grid, directions, batches, bn_batches if bn == "recompute" else None,
@@ -200,11 +200,12 @@ def compute(
             values, mask, chunk, resumed = _start_or_resume(ctx, out, overwrite, progress, grid, names, settings, attrs, chunk, guard)
             sink = None
             if primary and out is not None:
-                sink = _Sink(out, grid, names, values, mask, attrs, directions, flush_every, flush_seconds)
+                sink = _Sink(out, grid, names, values, mask, attrs, directions, flush_every, flush_seconds, evaluator.describe)
                 sink.start(fresh=not resumed)
             elapsed = _evaluate_pending(evaluator, grid, chunk, values, mask, ctx, sink, out, progress)
 
         attrs["seconds"] = round(float(attrs["seconds"]) + elapsed, 3)
+        attrs["engine"] = evaluator.describe()
         if sink is not None and sink.writes_pending:  # first the file, then the other ranks' copies
             sink.flush()
         if ctx is not None:
@@ -715,10 +716,12 @@ class _Sink:
     def __init__(
         self, path: Path, grid: Grid, names: list[str], values: np.ndarray, mask: np.ndarray,
         attrs: dict[str, Any], directions: Directions, flush_every: int, flush_seconds: float,
+        engine: Callable[[], str],
     ) -> None:
         self.path, self.grid, self.names = path, grid, names
         self.values, self.mask, self.attrs = values, mask, attrs
         self.directions = directions
+        self.engine = engine  # asked at every write: a vmap engine may fall back to one point at a time mid-run
         self.flush_every, self.flush_seconds = int(flush_every), float(flush_seconds)
         self.base_seconds = float(attrs.get("seconds", 0.0) or 0.0)  # of the runs before this one
         self.saved = int(mask.sum())
@@ -743,6 +746,7 @@ class _Sink:
     def flush(self) -> None:
         attrs = dict(self.attrs)
         attrs["seconds"] = round(self.base_seconds + time.monotonic() - self.began, 3)
+        attrs["engine"] = self.engine()
         done = int(self.mask.sum())
         ds = _landscape(self.grid, self.names, self.values, attrs, self.mask)
         store.save(ds, self.path)
