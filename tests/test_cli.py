@@ -139,7 +139,7 @@ def test_surface_reuses_directions_file_and_tensor_filter(env, tmp_path, capsys)
     first = tmp_path / "first.nc"
     run_ok(surface_args(env, first, "--x", "-1:1:3", "--y", "-1:1:3", "--seed", "1", "--tensors", "3.*"), capsys)
     m = store.meta(store.load(first))
-    assert m["moved_tensors"] == ["3.weight", "3.bias"] and m["tensor_filter"] == "3.*"
+    assert m["moved_tensors"] == ["3.weight"] and m["tensor_filter"] == "3.*"  # --bias zero keeps 3.bias fixed
     second = tmp_path / "second.nc"
     run_ok(surface_args(env, second, "--x", "-1:1:3", "--y", "-1:1:3", "--seed", "99",
                         "--directions", tmp_path / "first.directions.safetensors"), capsys)
@@ -211,7 +211,7 @@ def test_info_prints_the_settings_one_per_line(tmp_path, capsys):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     path = tmp_path / "s.nc"
 
-    def spread(out, batch):
+    def spread(out, target):
         return out.std()
 
     lossmap.compute(model, (torch.randn(20, 4), torch.randint(0, 3, (20,))), "-1:1:5", out=path, metrics={"spread": spread})
@@ -227,9 +227,9 @@ def test_info_prints_the_settings_one_per_line(tmp_path, capsys):
     rows = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in section}
     assert rows["seed"] == "0" and rows["normalization"] == "filter" and rows["orthogonalized"] == "false"
     assert rows["x"] == "5 points from -1 to 1, step 0.5" and rows["y"] == "none"
-    assert rows["metrics"] == "loss, accuracy, spread"
+    assert rows["metrics"] == "loss, spread"
     assert rows["theta0_sha256"] == settings["theta0_sha256"][:12] + "…"
-    assert rows["loss_function"] == "default" and rows["forward_function"] == "the model's"  # what a null falls back to
+    assert rows["loss_function"] == "cross_entropy" and rows["forward_function"] == "the model's"  # the default by name
     assert rows["tensor_filter"] == "none" and rows["bn_data_sha256"] == "none"
     assert rows["metric_functions"] == ""
     digest = settings["metric_functions"]["spread"].split("sha256:")[1]
@@ -249,7 +249,7 @@ def test_info_names_a_null_function_setting_as_a_refused_resume_does(tmp_path, c
     lossmap.compute(model, data, "-1:1:3", out=path)
     text = run_ok(["info", path], capsys)
     rows = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in text.split("\nsettings:\n", 1)[1].splitlines()}
-    assert (rows["loss_function"], rows["metric_functions"], rows["forward_function"]) == ("default", "none", "the model's")
+    assert (rows["loss_function"], rows["metric_functions"], rows["forward_function"]) == ("cross_entropy", "none", "the model's")
     with pytest.raises(LossmapError, match=r"forward_function \(file: the model's, now: "):
         lossmap.compute(model, data, "-1:1:3", out=path, forward=lambda m, batch: m(batch[0]))
 

@@ -43,12 +43,13 @@ SCRIPT = textwrap.dedent(
         for job in sys.argv[1:]:
             out, x, y = job.split(",")
             ds = lossmap.compute(model, data, x=x, y=None if y == "-" else y, chunk=2, batch_size=32, out=out,
-                                 metrics={"mean_out": mean_out}, flush_every=1, flush_seconds=0)
+                                 metrics={"accuracy": lossmap.accuracy, "mean_out": mean_out}, flush_every=1, flush_seconds=0)
             np.save(f"{out}.rank{rank}.npy", np.stack([ds[m].values for m in ("loss", "accuracy", "mean_out")]))
     except (LossmapError, KeyboardInterrupt) as exc:
         sys.stderr.write(f"rank{rank} FAILED: {exc}\\n")  # a line in one write: print writes its end apart, so ranks' lines could mix
         sys.exit(1)
-    sys.stdout.write(f"rank{rank} evaluated {calls[0] // 4} points\\n")
+    probes = len(sys.argv[1:])  # each run first sends one batch through the metrics (the probe)
+    sys.stdout.write(f"rank{rank} evaluated {(calls[0] - probes) // 4} points\\n")
     sys.stdout.flush()
     """
 )
@@ -141,7 +142,7 @@ def test_a_dead_rank_fails_the_run_and_finished_points_stay(work):
     root, script, ref = work
     out = root / "dies.nc"
     spec = JOBS["plane"]
-    rank0, rank1 = _launch_bare(script, [f"{out},{spec}"], 2, DIE_AFTER=str(4 * 8))  # rank 1 dies in its 9th point
+    rank0, rank1 = _launch_bare(script, [f"{out},{spec}"], 2, DIE_AFTER=str(1 + 4 * 8))  # rank 1 dies in its 9th point (after the probe)
     assert rank1.returncode != 0 and rank0.returncode != 0
     said = [line for line in rank0.stderr.splitlines() if line.startswith("rank0 FAILED: ")]
     assert said, rank0.stderr[-3000:]

@@ -18,11 +18,13 @@ from torch import nn
 from lossmap import _alloc
 from lossmap.data import digits
 from lossmap.directions import random_directions
+from lossmap.engine import Engine
+from lossmap.engine.fast import FastEngine
+from lossmap.engine.vmap import VmapEngine
 from lossmap.errors import LossmapError
-from lossmap.evaluate import Evaluator, FastEvaluator, VmapEvaluator, make_evaluator, prepare_batches
 from lossmap.landscape import compute
 from lossmap.models import MnistCNN
-from lossmap.space import select_tensors
+from lossmap.objective import Objective
 
 RTOL = 1e-6
 
@@ -30,9 +32,7 @@ RTOL = 1e-6
 @pytest.fixture
 def cache_any_first_layer(monkeypatch):
     """Cache the first moved layer whatever its fan-in (the seed's conv1 is below the default)."""
-    import lossmap.evaluate as ev_mod
-
-    monkeypatch.setattr(ev_mod, "FIRST_LAYER_MIN_FAN_IN", 0)
+    monkeypatch.setattr("lossmap.engine.first_layer.MIN_FAN_IN", 0)
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +71,30 @@ def bn_net(data) -> nn.Module:
     return net.eval()
 
 
-def evaluators(model, data, *, ndim=2, samples=48, batch_size=20, dtype=torch.float64, bias="keep", **kw):
-    """The same setting evaluated by every engine: {engine: evaluator}."""
+def objective(model, data, dirs, *, samples=48, batch_size=20, dtype=torch.float64, include_buffers=False, **kw):
+    """The objective of ``model`` on ``data`` over the tensors ``dirs`` move."""
+    return Objective(model, data, tensor_filter=dirs.tensor_filter, include_buffers=include_buffers, dtype=dtype,
+                     batch_size=batch_size, samples=samples, **kw)
+
+
+def workload(model, data, dirs, *, autocast=None, **kw):
+    """The workload of ``model`` on ``data`` along ``dirs`` (the objective's tensors, loss and metrics)."""
+    return objective(model, data, dirs, **kw).workload(dirs.tensors, autocast=autocast)
+
+
+def evaluators(model, data, *, ndim=2, samples=48, batch_size=20, dtype=torch.float64, bias="keep", autocast=None, **kw):
+    """The same setting evaluated by every engine, each checked on the probe batch first: {engine: engine}."""
     model = model.to(dtype)
     dirs = random_directions(model, ndim, seed=3, bias=bias, tensor_filter=kw.pop("tensor_filter", None))
-    live = select_tensors(model, False, dirs.tensor_filter)
-    origin = [t.detach().clone() for t in live.values()]
-    d = [[x[n] for n in live] for x in dirs.tensors]
-    out = {}
-    for engine in ("plain", "fast", "vmap"):
-        batches = prepare_batches(data, batch_size, samples, "cpu", dtype)
-        out[engine] = make_evaluator(model, list(live.values()), origin, d, batches, engine=engine, **kw)
-    return out
+    return {e: objective(model, data, dirs, samples=samples, batch_size=batch_size, dtype=dtype, **kw).engine(
+        dirs.tensors, engine=e, autocast=autocast) for e in ("plain", "fast", "vmap")}
+
+
+def _rebuilt(fast):
+    """``fast``'s workload as it was before its speed-ups (the model's own tensors, the data as given)."""
+    import dataclasses
+
+    return dataclasses.replace(fast.work, live=list(fast.user_live))
 
 
 def assert_same(a: np.ndarray, b: np.ndarray, rtol: float = RTOL) -> None:
@@ -98,25 +110,25 @@ def grid2(nx=3, ny=4):
 
 def test_seed_net_2d_non_square_grid_all_engines(data, cache_any_first_layer):
     ev = evaluators(seed_net(), data)
-    assert type(ev["plain"]) is Evaluator
+    assert type(ev["plain"]) is Engine
     fast, vm = ev["fast"], ev["vmap"]
-    assert isinstance(fast, FastEvaluator) and isinstance(vm, VmapEvaluator)
-    assert "first-layer" in fast.features and "channels_last" in fast.features
-    assert any(f.startswith("sub-batch") for f in fast.features)
-    assert "vmap" in vm.features
+    assert isinstance(fast, FastEngine) and isinstance(vm, VmapEngine)
+    assert "first-layer" in fast.speedups and "channels_last" in fast.speedups
+    assert any(f.startswith("sub-batch") for f in fast.speedups)
+    assert "vmap" in vm.speedups
     coeffs = grid2()
     ref = ev["plain"].evaluate_many(coeffs)
     assert ref.shape == (12, 2) and np.ptp(ref[:, 0]) > 0.1  # the points differ: a real landscape
     assert_same(fast.evaluate_many(coeffs), ref)
     vm.points_per_forward = 5  # chunks of 5, 5, 2 points per forward
     assert_same(vm.evaluate_many(coeffs), ref)
-    assert "vmap" in vm.features
+    assert "vmap" in vm.speedups
 
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_seed_net_1d_through_compute(data, monkeypatch, cache):
     if cache:
-        monkeypatch.setattr("lossmap.evaluate.FIRST_LAYER_MIN_FAN_IN", 0)
+        monkeypatch.setattr("lossmap.engine.first_layer.MIN_FAN_IN", 0)
     kw = dict(x="-0.8:1.2:7", samples=40, batch_size=16, bias="keep", dtype="float64", seed=5)
     plain = compute(seed_net(), data, engine="plain", **kw)
     assert plain.attrs["engine"] == "plain"
@@ -125,7 +137,7 @@ def test_seed_net_1d_through_compute(data, monkeypatch, cache):
         assert_same(other.loss.values, plain.loss.values)
         assert_same(other.accuracy.values, plain.accuracy.values)
         # the file says which loop ran, with its speed-ups (float64 here: no oneDNN shortcuts)
-        expected = {"fast": "fast: malloc, sub-batch", "vmap": "vmap: malloc, sub-batch", "auto": "fast: malloc, sub-batch"}
+        expected = {"fast": "fast: sub-batch", "vmap": "vmap: sub-batch", "auto": "fast: sub-batch"}
         assert other.attrs["engine"].startswith(expected[engine]), other.attrs["engine"]
         assert ("first-layer" in other.attrs["engine"]) == (cache and engine != "vmap")
 
@@ -134,16 +146,11 @@ def test_first_layer_cache_matches_at_each_point_and_uneven_sub_batches(data):
     """Sub-batches of 7 over 30 samples (uneven pieces) with the cached first layer."""
     model = seed_net().double()
     dirs = random_directions(model, 2, seed=1, bias="keep")
-    live = select_tensors(model)
-    origin = [t.detach().clone() for t in live.values()]
-    d = [[x[n] for n in live] for x in dirs.tensors]
-    plain = Evaluator(model, list(live.values()), origin, d, prepare_batches(data, 30, 30, "cpu", torch.float64))
-    fast = FastEvaluator(
-        model, list(live.values()), origin, d, prepare_batches(data, 30, 30, "cpu", torch.float64), sub_batch=7, first_layer=True
-    )
-    assert [b.size for b in fast.batches] == [6, 6, 6, 6, 6] and "first-layer" in fast.features
+    plain = Engine(workload(model, data, dirs, samples=30, batch_size=30))
+    fast = FastEngine(workload(model, data, dirs, samples=30, batch_size=30), sub_batch=7, first_layer=True)
+    assert [b.size for b in fast.source] == [6, 6, 6, 6, 6] and "first-layer" in fast.speedups
     for c in ([0.0, 0.0], [2.5, 0.0], [0.0, -3.0], [0.7, 0.4]):
-        assert_same(np.array(fast(c)), np.array(plain(c)))
+        assert_same(fast.point(c), plain.point(c))
 
 
 def test_float32_default_path_close_to_plain(data):
@@ -151,7 +158,7 @@ def test_float32_default_path_close_to_plain(data):
     ev = evaluators(seed_net(), data, dtype=torch.float32, samples=64)
     coeffs = grid2(2, 2)
     ref = ev["plain"].evaluate_many(coeffs)
-    assert "channels_last" in ev["fast"].features
+    assert "channels_last" in ev["fast"].speedups
     assert_same(ev["fast"].evaluate_many(coeffs), ref, rtol=1e-4)
 
 
@@ -159,7 +166,7 @@ def test_float32_paths_against_the_float64_oracle(data):
     """fp32 with oneDNN's GEMM for the Linear layers: as close to the float64 loop as the plain fp32 loop is."""
     oracle = evaluators(seed_net(), data, samples=64)["plain"]
     ev = evaluators(seed_net(), data, dtype=torch.float32, samples=64)
-    assert "onednn-linear" in ev["fast"].features
+    assert "onednn-linear" in ev["fast"].speedups
     coeffs = grid2(2, 2)
     ref = oracle.evaluate_many(coeffs)
     err_plain = np.abs(ev["plain"].evaluate_many(coeffs) - ref)[:, 0] / ref[:, 0]
@@ -188,19 +195,19 @@ def test_onednn_linear_routes_functional_calls_and_matches_float64(data):
     torch.manual_seed(7)
     ev = evaluators(FunctionalLinear(), data, dtype=torch.float32, samples=40, bias="keep")
     fast = ev["fast"]
-    assert "onednn-linear" in fast.features
+    assert "onednn-linear" in fast.speedups
     calls = []
-    op = fast._linear_mode.op
-    fast._linear_mode.op = lambda *a: calls.append(a[0].shape) or op(*a)
+    op = fast.linear_mode.op
+    fast.linear_mode.op = lambda *a: calls.append(a[0].shape) or op(*a)
     coeffs = grid2(2, 2)
     ref = oracle.evaluate_many(coeffs)
     assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-6)
-    assert len(calls) == 2 * 4 * len(fast.batches) and any(len(shape) == 3 for shape in calls)
+    assert len(calls) == 2 * 4 * len(fast.source) and any(len(shape) == 3 for shape in calls)
     n = len(calls)
     F.linear(torch.ones(1, 2), torch.ones(1, 2))
     assert len(calls) == n  # routed only inside the evaluator's forward
-    off = FastEvaluator(fast.model, fast.live, fast.origin, fast.directions, fast.batches, onednn_linear=False)
-    assert "onednn-linear" not in off.features
+    off = FastEngine(fast.work, onednn_linear=False)
+    assert "onednn-linear" not in off.speedups
     assert_same(off.evaluate_many(coeffs), ref, rtol=1e-6)
 
 
@@ -209,12 +216,12 @@ def test_batchnorm_model_both_policies(data, bn, cache_any_first_layer):
     model = bn_net(data)
     kw = dict(bn=bn)
     if bn == "recompute":
-        kw["bn_batches"] = prepare_batches(data, 50, 100, "cpu", torch.float64)
+        kw["bn_data"] = (data.tensors[0][:100], data.tensors[1][:100])
     ev = evaluators(model, data, **kw)
-    if bn == "recompute":  # the fast paths do not apply: make_evaluator gives the exact plain loop
-        assert all(type(e) is Evaluator for e in ev.values())
+    if bn == "recompute":  # the fast paths do not apply: make_engine gives the exact plain loop
+        assert all(type(e) is Engine for e in ev.values())
     else:
-        assert "first-layer" in ev["fast"].features and "vmap" in ev["vmap"].features
+        assert "first-layer" in ev["fast"].speedups and "vmap" in ev["vmap"].speedups
     coeffs = grid2(2, 3)
     ref = ev["plain"].evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
@@ -224,7 +231,7 @@ def test_batchnorm_model_both_policies(data, bn, cache_any_first_layer):
 def test_seed_conv1_is_not_cached_by_default(data):
     """Fan-in 9: reading k+1 cached outputs costs more than the convolution (measured), so auto skips it."""
     ev = evaluators(seed_net(), data, samples=16)
-    assert "first-layer" not in ev["fast"].features and "channels_last" in ev["fast"].features
+    assert "first-layer" not in ev["fast"].speedups and "channels_last" in ev["fast"].speedups
     coeffs = grid2(2, 2)
     assert_same(ev["fast"].evaluate_many(coeffs), ev["plain"].evaluate_many(coeffs))
 
@@ -233,7 +240,7 @@ def test_first_moved_layer_after_frozen_prefix(data):
     """Only fc1/fc2 move: the first moved layer is fc1, fed by the frozen convolutions."""
     ev = evaluators(seed_net(), data, tensor_filter="fc*")
     fast = ev["fast"]
-    assert "first-layer" in fast.features and fast._first.module is fast.model.fc1
+    assert "first-layer" in fast.speedups and fast.first.module is fast.model.fc1
     coeffs = grid2(3, 2)
     assert_same(fast.evaluate_many(coeffs), ev["plain"].evaluate_many(coeffs))
 
@@ -279,7 +286,7 @@ class LinearFirst(nn.Module):
 def test_models_where_caching_may_or_may_not_apply(data, factory, cached):
     torch.manual_seed(2)
     ev = evaluators(factory(), data, bias="filter")
-    assert ("first-layer" in ev["fast"].features) is cached
+    assert ("first-layer" in ev["fast"].speedups) is cached
     coeffs = grid2(2, 3)
     ref = ev["plain"].evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
@@ -301,21 +308,21 @@ def test_shared_first_layer_is_not_cached(data):
 
     torch.manual_seed(4)
     ev = evaluators(Twice(), data, samples=24)
-    assert "first-layer" not in ev["fast"].features
+    assert "first-layer" not in ev["fast"].speedups
     coeffs = grid2(2, 2)
     assert_same(ev["fast"].evaluate_many(coeffs), ev["plain"].evaluate_many(coeffs))
 
 
 def test_custom_loss_and_metrics_keep_user_batches(data):
-    def loss_fn(out, batch):
-        return F.nll_loss(out, batch[1])
+    def loss_fn(out, target):
+        return F.nll_loss(out, target)
 
-    def top2(out, batch):
-        return (out.topk(2, dim=1).indices == batch[1][:, None]).any(dim=1).double().mean()
+    def top2(out, target):
+        return (out.topk(2, dim=1).indices == target[:, None]).any(dim=1).double().mean()
 
     ev = evaluators(seed_net(), data, loss_fn=loss_fn, metrics={"top2": top2})
     fast = ev["fast"]
-    assert [b.size for b in fast.batches] == [20, 20, 8]  # batch means: the user's cut is kept
+    assert [b.size for b in fast.source] == [20, 20, 8]  # batch means: the user's cut is kept
     assert ev["plain"].metric_names == fast.metric_names == ["loss", "top2"]
     coeffs = grid2(2, 2)
     ref = ev["plain"].evaluate_many(coeffs)
@@ -344,9 +351,9 @@ def test_vmap_falls_back_when_the_model_cannot_be_batched(data):
         ref = ev["plain"].evaluate_many(coeffs)
         vm = ev["vmap"]
         # known before any point (the probe at the start), or from the first failing chunk on
-        assert ("vmap-fallback" in vm.features) == (net is ItemNet)
+        assert ("vmap-fallback" in vm.speedups) == (net is ItemNet)
         assert_same(vm.evaluate_many(coeffs), ref)
-        assert "vmap-fallback" in vm.features and "vmap" not in vm.features
+        assert "vmap-fallback" in vm.speedups and "vmap" not in vm.speedups
 
 
 def test_a_fallback_mid_run_reaches_the_files_engine(data, tmp_path):
@@ -363,7 +370,7 @@ def test_user_forward_gets_the_plain_path(data):
         return model(batch[0])
 
     ev = evaluators(seed_net(), data, forward=forward, samples=8)
-    assert all(type(e) is Evaluator for e in ev.values())
+    assert all(type(e) is Engine for e in ev.values())
 
 
 def test_unknown_engine_names_the_choices(data):
@@ -396,34 +403,27 @@ def test_allocator_tuning_is_switchable(monkeypatch):
 
 
 def test_a_model_the_fast_path_cannot_drive_gets_the_plain_loop(data, monkeypatch):
-    import lossmap.evaluate as ev_mod
-
     def broken(self, *args, **kwargs):
         raise RuntimeError("cannot reparametrize this module")
 
-    monkeypatch.setattr(ev_mod.FastEvaluator, "__init__", broken)
+    monkeypatch.setattr(FastEngine, "__init__", broken)
     ev = evaluators(seed_net(), data, samples=8)
-    assert type(ev["fast"]) is Evaluator and type(ev["vmap"]) is Evaluator
+    assert type(ev["fast"]) is Engine and type(ev["vmap"]) is Engine
 
 
 def test_moving_batchnorm_buffers_too(data):
     """include_buffers: the running statistics move with the parameters, on every engine."""
     model = bn_net(data).double()
     dirs = random_directions(model, 2, seed=7, bias="keep", include_buffers=True)
-    live = select_tensors(model, include_buffers=True)
-    assert any("running_mean" in n for n in live)
-    origin = [t.detach().clone() for t in live.values()]
-    d = [[x[n] for n in live] for x in dirs.tensors]
-    ev = {
-        e: make_evaluator(model, list(live.values()), origin, d, prepare_batches(data, 20, 40, "cpu", torch.float64), engine=e)
-        for e in ("plain", "fast", "vmap")
-    }
-    assert "vmap" in ev["vmap"].features
+    assert any("running_mean" in n for n in dirs.names)
+    ev = {e: objective(model, data, dirs, samples=40, include_buffers=True).engine(dirs.tensors, engine=e)
+          for e in ("plain", "fast", "vmap")}
+    assert "vmap" in ev["vmap"].speedups
     coeffs = grid2(2, 2) * 0.3  # running variances stay positive
     ref = ev["plain"].evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
         assert_same(ev[engine].evaluate_many(coeffs), ref)
-    assert "vmap" in ev["vmap"].features  # batched, not fallen back
+    assert "vmap" in ev["vmap"].speedups  # batched, not fallen back
 
 
 def test_conv_weight_shared_by_two_modules(data):
@@ -442,7 +442,7 @@ def test_conv_weight_shared_by_two_modules(data):
 
     torch.manual_seed(6)
     ev = evaluators(Tied(), data, samples=24)
-    assert "channels_last" in ev["fast"].features
+    assert "channels_last" in ev["fast"].speedups
     coeffs = grid2(2, 2)
     ref = ev["plain"].evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
@@ -455,8 +455,8 @@ def test_bf16_autocast_every_engine_within_its_bound(data):
     coeffs = grid2(2, 2)
     ref = oracle.evaluate_many(coeffs)
     ev = evaluators(seed_net(), data, dtype=torch.float32, samples=64, autocast=torch.bfloat16)
-    assert "autocast bfloat16" in ev["fast"].features and "onednn-linear" not in ev["fast"].features
-    assert "fused conv+relu x2" in ev["fast"].features  # fused layers run in bf16 too
+    assert "autocast bfloat16" in ev["fast"].speedups and "onednn-linear" not in ev["fast"].speedups
+    assert "fused conv+relu x2" in ev["fast"].speedups  # fused layers run in bf16 too
     for engine, e in ev.items():
         got = e.evaluate_many(coeffs)
         assert got.dtype == np.float64
@@ -474,7 +474,9 @@ def test_bf16_error_at_the_centre_is_recorded_exactly(data):
     centre = dict(x=0.0, y=0.0)
     rel = max(abs(float(fast[m].sel(centre)) - float(exact[m].sel(centre))) / abs(float(exact[m].sel(centre)))
               for m in ("loss", "accuracy"))
-    assert fast.attrs["bf16_centre_rel_error"] == pytest.approx(rel, rel=1e-9, abs=1e-12)
+    # the exact run may take other float32 kernels (oneDNN's GEMM): its value differs in the 7th digit, which
+    # moves an error of ~5e-4 by ~1e-7 relative to the loss, i.e. ~2e-4 relative to itself
+    assert fast.attrs["bf16_centre_rel_error"] == pytest.approx(rel, rel=2e-3)
     assert 1e-6 < fast.attrs["bf16_centre_rel_error"] < 1e-2
     with pytest.raises(LossmapError, match="bf16 autocast needs float32"):
         compute(seed_net(), data, bf16=True, dtype="float64", **kw)
@@ -515,16 +517,14 @@ def test_conv_relu_fusion_matches_the_float64_loop(data, monkeypatch):
     oracle = evaluators(copy.deepcopy(model), data, samples=40, bias="keep")["plain"]
     ev = evaluators(model, data, dtype=torch.float32, samples=40, bias="keep")
     fast = ev["fast"]
-    assert "fused conv+relu x4, flatten+linear x1" in fast.features  # c1, c2, c3, c5; not c4 (two users), c6 (hook)
+    assert "fused conv+relu x4, flatten+linear x1" in fast.speedups  # c1, c2, c3, c5; not c4 (two users), c6 (hook)
     coeffs = grid2(2, 2)
     ref = oracle.evaluate_many(coeffs)
     assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-6)
     assert_same(ev["plain"].evaluate_many(coeffs), ref, rtol=1e-6)
-    off = FastEvaluator(fast.model, fast._user_live, fast.origin, fast.directions, fast.batches, fuse=False)
-    assert not any(f.startswith("fused") for f in off.features)
-    import lossmap.evaluate as ev_mod
-
-    monkeypatch.setattr(ev_mod, "FLATTEN_LINEAR_MAX_BYTES", 0)  # flatten as usual: only the fusion differs
+    off = FastEngine(_rebuilt(fast), fuse=False)
+    assert not any(f.startswith("fused") for f in off.speedups)
+    monkeypatch.setattr("lossmap.engine.fx.FLATTEN_LINEAR_MAX_BYTES", 0)  # flatten as usual: only the fusion differs
     np.testing.assert_array_equal(off.evaluate_many(coeffs), fast.evaluate_many(coeffs))  # the post-op ReLU is exact
 
 
@@ -585,12 +585,12 @@ def test_conv_bn_residual_relu_fusion_matches_the_float64_loop(data):
     model = residual_net()
     oracle = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"]
     fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16)["fast"]
-    fused = [f for f in fast.features if f.startswith("fused ")]
-    assert fused == ["fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3, flatten+linear x1"], fast.features
+    fused = [f for f in fast.speedups if f.startswith("fused ")]
+    assert fused == ["fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3, flatten+linear x1"], fast.speedups
     coeffs = grid2(3, 3)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
-    off = FastEvaluator(fast.model, fast._user_live, fast.origin, fast.directions, fast.batches, fuse=False)
-    assert not any(f.startswith("fused") for f in off.features)
+    off = FastEngine(_rebuilt(fast), fuse=False)
+    assert not any(f.startswith("fused") for f in off.speedups)
     assert_same(off.evaluate_many(coeffs), fast.evaluate_many(coeffs), rtol=1e-6)
 
 
@@ -610,7 +610,7 @@ def test_fused_residual_net_under_bf16_within_its_bound(data):
     model = residual_net()
     ref = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"].evaluate_many(grid2(2, 2))
     fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16, autocast=torch.bfloat16)["fast"]
-    assert "fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3" in fast.features
+    assert "fused conv+bn+relu x3, conv+bn+add+relu x3, conv+bn x3" in fast.speedups
     rel = np.abs(fast.evaluate_many(grid2(2, 2))[:, 0] / ref[:, 0] - 1)
     assert 1e-5 < rel.max() < 1e-2
 
@@ -622,7 +622,7 @@ def test_norm_by_batch_statistics_keeps_the_users_batches(data):
                         nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
     oracle = evaluators(copy.deepcopy(net), data, samples=40, batch_size=16)["plain"]
     ev = evaluators(net, data, dtype=torch.float32, samples=40, batch_size=16)
-    assert not any(f.startswith("sub-batch") or f == "channels_last" for f in ev["fast"].features)
+    assert not any(f.startswith("sub-batch") or f == "channels_last" for f in ev["fast"].speedups)
     coeffs = grid2(2, 2)
     ref = oracle.evaluate_many(coeffs)
     for engine in ("fast", "vmap"):
@@ -651,8 +651,8 @@ def test_flatten_linear_reads_channels_last_memory_as_it_lies(data):
     model.fc.register_forward_hook(lambda m, i, o: o * 0.5)
     oracle = evaluators(copy.deepcopy(model), data, samples=40, batch_size=16)["plain"]
     fast = evaluators(model, data, dtype=torch.float32, samples=40, batch_size=16)["fast"]
-    assert "channels_last" in fast.features
-    assert "fused conv+relu x1, flatten+linear x3" in fast.features  # fa, fb, fd; not fc (hook) nor fe
+    assert "channels_last" in fast.speedups
+    assert "fused conv+relu x1, flatten+linear x3" in fast.speedups  # fa, fb, fd; not fc (hook) nor fe
     coeffs = grid2(3, 3)
     ref = oracle.evaluate_many(coeffs)
     assert_same(fast.evaluate_many(coeffs), ref, rtol=1e-6)
@@ -678,14 +678,16 @@ def test_untraceable_model_keeps_its_own_forward(data):
     oracle = evaluators(Branchy(), data, samples=24)["plain"]
     torch.manual_seed(5)
     fast = evaluators(Branchy(), data, dtype=torch.float32, samples=24)["fast"]
-    assert not any(f.startswith("fused") for f in fast.features) and "channels_last" in fast.features
+    assert not any(f.startswith("fused") for f in fast.speedups) and "channels_last" in fast.speedups
     coeffs = grid2(2, 2)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
 
 
 def test_onednn_shortcuts_follow_a_users_autocast():
     """Inside a caller's CPU autocast, linear goes through autocast and fused conv+ReLU runs in bf16: not fp32 oneDNN."""
-    from lossmap.evaluate import _conv_fused, _OneDNNLinear, _onednn_linear_op
+    from lossmap.engine.onednn import OneDNNLinear as _OneDNNLinear
+    from lossmap.engine.onednn import conv_fused as _conv_fused
+    from lossmap.engine.onednn import onednn_linear_op as _onednn_linear_op
 
     x, w = torch.randn(4, 8), torch.randn(3, 8)
     img, k = torch.randn(2, 1, 6, 6), torch.randn(2, 1, 3, 3)
@@ -714,14 +716,14 @@ def test_model_with_tuple_output_and_a_user_loss(data):
             h = F.relu(self.c(x))
             return self.fc(h.flatten(1)), h
 
-    def loss(out, batch):
-        return F.cross_entropy(out[0], batch[1])
+    def loss(out, target):
+        return F.cross_entropy(out[0], target)
 
     torch.manual_seed(8)
     oracle = evaluators(Pair(), data, samples=24, loss_fn=loss)["plain"]
     torch.manual_seed(8)
     fast = evaluators(Pair(), data, dtype=torch.float32, samples=24, loss_fn=loss)["fast"]
-    assert isinstance(fast, FastEvaluator) and not any(f.startswith("fused") for f in fast.features)
+    assert isinstance(fast, FastEngine) and not any(f.startswith("fused") for f in fast.speedups)
     coeffs = grid2(2, 2)
     assert_same(fast.evaluate_many(coeffs), oracle.evaluate_many(coeffs), rtol=1e-6)
 
@@ -729,4 +731,4 @@ def test_model_with_tuple_output_and_a_user_loss(data):
 def test_onednn_switched_off_by_the_user_is_respected(data, monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     fast = evaluators(seed_net(), data, dtype=torch.float32, samples=16)["fast"]
-    assert "onednn-linear" not in fast.features and not any(f.startswith("fused") for f in fast.features)
+    assert "onednn-linear" not in fast.speedups and not any(f.startswith("fused") for f in fast.speedups)

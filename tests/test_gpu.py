@@ -11,7 +11,7 @@ import torch
 import lossmap
 from lossmap.data import digits
 from lossmap.directions import random_directions
-from lossmap.landscape import _precision
+from lossmap.precision import tf32_allowed as _precision
 from lossmap.models import MnistCNN
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -53,11 +53,15 @@ class Tripwire:
 
 
 GRID2 = dict(x="-1:1:7", y="-0.5:0.5:4")  # 28 points, non-square
+#: before any point, the first batch goes once through the model, the loss and the metrics (the probe that turns
+#: a mistake in them into one clear line)
+PROBE = 1
 
 
 def _run(model=None, data=None, metric=None, **kw):
     kw = {**GRID2, "chunk": 3, "batch_size": 16, **kw}
-    return lossmap.compute(model or _model(), data or _data(), metrics={"mean_out": metric or Tripwire()}, **kw)
+    metrics = {"accuracy": lossmap.accuracy, "mean_out": metric or Tripwire()}
+    return lossmap.compute(model or _model(), data or _data(), metrics=metrics, **kw)
 
 
 def _assert_same(a, b, names=("loss", "accuracy", "mean_out")):
@@ -71,7 +75,7 @@ def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path, engine)
     ref = _run(engine=engine)
     out = tmp_path / "run.nc"
     # 3 batches per point; the metric trips in the middle of point 11 (chunk 4 of 3-point chunks)
-    trip = Tripwire(at=3 * 10 + 2)
+    trip = Tripwire(at=PROBE + 3 * 10 + 2)
     with pytest.raises(Interrupted, match=r"interrupted; 9 of 28 points saved in .*run.nc; rerun the same command to resume"):
         _run(metric=trip, out=out, engine=engine)
     part = store.load(out)
@@ -86,12 +90,12 @@ def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path, engine)
     for name in ("loss", "accuracy", "mean_out"):
         assert np.array_equal(part[name].values[mask], ref[name].values[mask])
         assert np.isnan(part[name].values[~mask]).all()
-    # the directions were written beside it at the start
+    # the directions were written beside it with the first points
     assert store.directions_path(out).exists()
 
     again = Tripwire()
     ds = _run(metric=again, out=out, engine=engine)
-    assert again.calls == 3 * (28 - 9)  # only the missing points were evaluated
+    assert again.calls == PROBE + 3 * (28 - 9)  # only the missing points were evaluated
     _assert_same(ds, ref)
     final = store.load(out)
     _assert_same(final, ref)
@@ -107,7 +111,7 @@ def test_resume_of_an_interpolation(tmp_path):
     ref = _run(a, data, **kw)
     out = tmp_path / "line.nc"
     with pytest.raises(Interrupted, match=r"; 4 of 11 points saved"):
-        _run(a, data, metric=Tripwire(at=3 * 5 + 1), out=out, **kw)
+        _run(a, data, metric=Tripwire(at=PROBE + 3 * 5 + 1), out=out, **kw)
     ds = _run(a, data, out=out, **kw)
     _assert_same(ds, ref)
     assert store.meta(store.load(out))["markers"] == {"A": [0.0], "B": [1.0]}
@@ -128,7 +132,7 @@ def test_cleared_done_bits_are_recomputed_and_done_points_are_kept(tmp_path):
     count = Tripwire()
     res = _run(metric=count, out=out)
     # each cleared point lies in its own 3-point chunk, which is evaluated whole
-    assert count.calls == 3 * 3 * 3
+    assert count.calls == PROBE + 3 * 3 * 3
     assert res.loss.values[5, 0] == 123.0
     expect = ref.loss.values.copy()
     expect[5, 0] = 123.0
@@ -142,7 +146,7 @@ def test_complete_file_is_returned_without_evaluating(tmp_path, capsys):
     before = out.stat().st_mtime_ns
     count = Tripwire()
     again = _run(metric=count, out=out, progress=True)
-    assert count.calls == 0
+    assert count.calls == PROBE  # the probe batch, no point
     _assert_same(again, first)
     assert out.stat().st_mtime_ns == before  # not rewritten
     assert "is complete (28 points): nothing to compute" in capsys.readouterr().err
@@ -173,9 +177,11 @@ def test_overwrite_starts_over(tmp_path):
         (dict(model=_model(7)), "theta0_sha256"),
         (dict(data=_data(seed=2)), "data_sha256"),
         (dict(bn="recompute"), "bn_policy"),
-        (dict(loss_fn=lambda out, batch: out.square().mean()), "loss_function (file: default, now: test_resume.<lambda> sha256:"),
+        (dict(loss_fn=lambda out, target: out.square().mean()), "loss_function (file: cross_entropy, now: test_resume.<lambda> sha256:"),
+        (dict(loss_fn="nll"), "loss_function (file: cross_entropy, now: nll)"),
+        (dict(output_transform=lambda out: out * 2), "output_transform (file: none, now: test_resume.<lambda> sha256:"),
         (dict(forward=lambda model, batch: model(batch[0])), "forward_function (file: the model's, now: test_resume.<lambda>"),
-        (dict(metric=lambda out, batch: out.mean()), "metric_functions (file: {mean_out: test_resume.Tripwire sha256:"),
+        (dict(metric=lambda out, target: out.mean()), "mean_out: test_resume.<lambda> sha256:"),
     ],
 )
 def test_other_settings_are_refused_naming_the_field(tmp_path, change, field):
@@ -193,24 +199,24 @@ def test_other_settings_are_refused_naming_the_field(tmp_path, change, field):
 def test_other_metrics_are_refused(tmp_path):
     out = tmp_path / "run.nc"
     _run(out=out)
-    with pytest.raises(LossmapError, match=r"metrics \(file: loss, accuracy, mean_out, now: loss, accuracy, other\)"):
+    with pytest.raises(LossmapError, match=r"metrics \(file: loss, accuracy, mean_out, now: loss, other\)"):
         lossmap.compute(_model(), _data(), **GRID2, chunk=3, batch_size=16, metrics={"other": Tripwire()}, out=out)
 
 
-def _loss_a(out, batch):
-    return torch.nn.functional.cross_entropy(out, batch[1])
+def _loss_a(out, target):
+    return torch.nn.functional.cross_entropy(out, target)
 
 
-def _loss_b(out, batch):
-    return torch.nn.functional.cross_entropy(out, batch[1], label_smoothing=0.1)
+def _loss_b(out, target):
+    return torch.nn.functional.cross_entropy(out, target, label_smoothing=0.1)
 
 
-def _weighted(out, batch, weight):
-    return weight * torch.nn.functional.cross_entropy(out, batch[1])
+def _weighted(out, target, weight):
+    return weight * torch.nn.functional.cross_entropy(out, target)
 
 
-_LAMBDA_LOSS = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]) * 2
-_OTHER_LAMBDA = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]) * 3
+_LAMBDA_LOSS = lambda out, target: torch.nn.functional.cross_entropy(out, target) * 2
+_OTHER_LAMBDA = lambda out, target: torch.nn.functional.cross_entropy(out, target) * 3
 _SAME_IN_A_CALL = dict(fn=lambda o, b: o.sum(), n=1)["fn"]
 _SAME_IN_A_LIST = [0, 2, lambda o, b: o.sum()][2]
 _DOUBLED_IN_A_CALL = dict(fn=lambda o, b: o.sum() * 2, n=1)["fn"]
@@ -229,7 +235,7 @@ def test_another_loss_function_is_refused_and_the_same_one_resumes(tmp_path, fir
     out = tmp_path / "run.nc"
     ref = _run(loss_fn=first)
     with pytest.raises(Interrupted, match="; 9 of 28 points saved"):
-        _run(loss_fn=first, metric=Tripwire(at=3 * 10 + 2), out=out)
+        _run(loss_fn=first, metric=Tripwire(at=PROBE + 3 * 10 + 2), out=out)
     before = out.read_bytes()
     with pytest.raises(LossmapError) as info:
         _run(loss_fn=other, out=out)
@@ -240,7 +246,7 @@ def test_another_loss_function_is_refused_and_the_same_one_resumes(tmp_path, fir
     assert "\n" not in message and out.read_bytes() == before
     count = Tripwire()
     ds = _run(loss_fn=same, metric=count, out=out)  # an equal but separately made function resumes
-    assert count.calls == 3 * (28 - 9)
+    assert count.calls == PROBE + 3 * (28 - 9)
     _assert_same(ds, ref, ("loss", "mean_out"))
 
 
@@ -257,7 +263,7 @@ def test_another_metric_or_forward_function_is_refused(tmp_path):
     _run(out=out, forward=forward)  # the same function: complete, nothing to do
     with pytest.raises(LossmapError, match=r"settings: forward_function \(file: test_resume\.test_another_metric_or_forward_function_is_refused\.<locals>\.forward sha256:[0-9a-f]{12}…, now: .*other_forward sha256:[0-9a-f]{12}…\);"):
         _run(out=out, forward=other_forward)
-    with pytest.raises(LossmapError, match=r"settings: metric_functions \(file: \{mean_out: test_resume\.Tripwire sha256:[0-9a-f]{12}…\}, now: \{mean_out: .*<lambda>"):
+    with pytest.raises(LossmapError, match=r"settings: metric_functions \(file: \{accuracy: .*, mean_out: test_resume\.Tripwire sha256:[0-9a-f]{12}…\}, now: \{accuracy: .*, mean_out: .*<lambda>"):
         _run(out=out, forward=forward, metric=lambda o, b: o.mean())
     with pytest.raises(LossmapError, match=r"settings: forward_function \(file: .*forward sha256:[0-9a-f]{12}…, now: the model's\);"):
         _run(out=out)
@@ -332,7 +338,7 @@ def test_files_that_cannot_be_resumed(tmp_path):
     _assert_same(_run(out=junk, overwrite=True), ds)
 
 
-@pytest.mark.parametrize("every, expected", [(4, [0, 4, 8, 12, 16, 20, 22]), (1, list(range(0, 23, 2)))])
+@pytest.mark.parametrize("every, expected", [(4, [4, 8, 12, 16, 20, 22]), (1, list(range(2, 23, 2)))])
 def test_flush_every_points(tmp_path, caplog, every, expected):
     caplog.set_level(logging.INFO, logger="lossmap")
     _run(out=tmp_path / "run.nc", x="-1:1:22", y=None, chunk=2, flush_every=every, flush_seconds=1e9)
@@ -344,7 +350,7 @@ def test_flush_seconds_zero_writes_every_chunk(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="lossmap")
     _run(out=tmp_path / "run.nc", x="-1:1:9", y=None, chunk=4, flush_every=10**6, flush_seconds=0)
     saved = [int(r.getMessage().split()[1]) for r in caplog.records if r.getMessage().startswith("saved ")]
-    assert saved == [0, 4, 8, 9]
+    assert saved == [4, 8, 9]  # nothing is written before the first point is finished
 
 
 def test_bad_flush_and_chunk_values():
@@ -359,9 +365,9 @@ def test_bad_flush_and_chunk_values():
 def test_an_error_in_the_middle_keeps_finished_points(tmp_path):
     out = tmp_path / "run.nc"
 
-    def broken(out_, batch, calls=[0]):  # noqa: B006 - a counter
+    def broken(out_, target, calls=[0]):  # noqa: B006 - a counter
         calls[0] += 1
-        if calls[0] > 3 * 7:
+        if calls[0] > PROBE + 3 * 7:
             raise LossmapError("metric broke")
         return out_.mean()
 
@@ -467,7 +473,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path
     out = tmp_path / "run.nc"
     # time one full run with output, to spread the kills over it
     proc, lines, reader = _start(script, str(out))
-    _wait_for(lines, proc, "saved 0 of 143")
+    _wait_for(lines, proc, "evaluating 143 of 143 points")
     t0 = time.monotonic()
     assert proc.wait(timeout=120) == 0
     full = time.monotonic() - t0
@@ -511,7 +517,7 @@ def test_sigterm_saves_and_says_so(tmp_path):
     script.write_text(text.replace('x="-1:1:13", y="-1:1:11"', 'x="-1:1:61", y="-1:1:41"'))
     out = tmp_path / "run.nc"
     proc, lines, reader = _start(script, str(out))
-    _wait_for(lines, proc, "saved 0 of 2501")
+    _wait_for(lines, proc, "evaluating 2501 of 2501 points")
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) != 0
@@ -550,12 +556,12 @@ def test_cli_rerun_reports_complete_and_refuses_other_settings(cli_env, capsys):
 
 
 def test_cli_ctrl_c_says_how_many_points_were_saved_and_rerun_resumes(cli_env, capsys, monkeypatch):
-    import lossmap.landscape as landscape
+    import lossmap.objective as objective
 
     root, base = cli_env
     rc, _, err = _cli(base[:-1] + [str(root / "ref.nc")], capsys)
     assert rc == 0, err
-    real = landscape.make_evaluator
+    real = objective.make_engine
 
     def tripping(*args, **kwargs):
         ev = real(*args, **kwargs)
@@ -570,12 +576,12 @@ def test_cli_ctrl_c_says_how_many_points_were_saved_and_rerun_resumes(cli_env, c
         ev.evaluate_many = evaluate_many
         return ev
 
-    monkeypatch.setattr(landscape, "make_evaluator", tripping)
+    monkeypatch.setattr(objective, "make_engine", tripping)
     rc, out, err = _cli(base + ["--flush-every", "100"], capsys)
     lines = err.strip().splitlines()
     assert rc == 130
     assert lines[-1].endswith(f"lossmap: interrupted; 8 of 15 points saved in {root / 'o.nc'}; rerun the same command to resume")
-    monkeypatch.setattr(landscape, "make_evaluator", real)
+    monkeypatch.setattr(objective, "make_engine", real)
     rc, out, err = _cli(base, capsys)
     assert rc == 0 and "resuming" in err and "8 of 15 points are done, 7 to go" in err
     _assert_same(store.load(root / "o.nc"), store.load(root / "ref.nc"), ("loss", "accuracy"))
@@ -598,15 +604,16 @@ def test_points_whose_value_is_nan_or_inf_count_as_done(tmp_path):
     out = tmp_path / "run.nc"
     calls = [0]
 
-    def wild(outputs, batch):
+    def wild(outputs, target):
         calls[0] += 1
         return torch.tensor(float("nan") if calls[0] % 2 else float("inf"))
 
     kw = dict(x="-1:1:6", chunk=2, batch_size=48, out=out)
+    calls[0] = -PROBE  # the probe's call is number 0: the points' calls are 1…6
     first = lossmap.compute(_model(), _data(), metrics={"wild": wild}, **kw)
     assert calls[0] == 6 and np.isnan(first.wild.values[::2]).all() and np.isinf(first.wild.values[1::2]).all()
     again = lossmap.compute(_model(), _data(), metrics={"wild": wild}, **kw)
-    assert calls[0] == 6  # a NaN or inf value is a finished point, not a missing one
+    assert calls[0] == 6 + PROBE  # a NaN or inf value is a finished point, not a missing one
     assert np.array_equal(again.wild.values, first.wild.values, equal_nan=True)
     assert store.is_complete(store.load(out))
 
@@ -614,10 +621,12 @@ def test_points_whose_value_is_nan_or_inf_count_as_done(tmp_path):
 def test_a_resumed_run_keeps_the_files_chunking(tmp_path, monkeypatch):
     out = tmp_path / "run.nc"
     with pytest.raises(Interrupted, match="; 8 of 28 points saved"):
-        _run(metric=Tripwire(at=3 * 9 + 1), out=out, chunk=4)
+        _run(metric=Tripwire(at=PROBE + 3 * 9 + 1), out=out, chunk=4)
     assert store.load(out).attrs["chunk"] == 4
     seen = []
-    real = lossmap.landscape.make_evaluator
+    import lossmap.objective as objective
+
+    real = objective.make_engine
 
     def spy(*args, **kwargs):
         ev = real(*args, **kwargs)
@@ -625,7 +634,7 @@ def test_a_resumed_run_keeps_the_files_chunking(tmp_path, monkeypatch):
         ev.evaluate_many = lambda coeffs: (seen.append(len(coeffs)), inner(coeffs))[1]
         return ev
 
-    monkeypatch.setattr(lossmap.landscape, "make_evaluator", spy)
+    monkeypatch.setattr(objective, "make_engine", spy)
     ds = _run(out=out, chunk=3)
     assert seen == [4] * 5  # the 20 missing points in the file's chunks of 4, not in chunks of 3
     _assert_same(ds, _run(chunk=4))
@@ -639,37 +648,54 @@ def test_every_setting_is_compared_on_resume(tmp_path):
     model = nn.Sequential(nn.Linear(3, 2))
     ds = lossmap.compute(model, (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), "-1:1:3", out=tmp_path / "s.nc")
     assert set(store.meta(ds)["settings"]) == set(SETTINGS_FIELDS)
-    assert {k: store.meta(ds)["settings"][k] for k in ("loss_function", "metric_functions", "forward_function")} == dict.fromkeys(
-        ("loss_function", "metric_functions", "forward_function")
-    )  # the defaults are null, as in files made before these were recorded
+    settings = store.meta(ds)["settings"]
+    assert settings["loss_function"] == "cross_entropy" and settings["loss_convention"] == 2  # the default, by name
+    assert settings["metric_functions"] is None and settings["forward_function"] is None
 
 
-def test_a_file_from_before_the_functions_were_recorded_still_resumes(tmp_path):
-    """A file whose settings lack the fields added later (functions, bf16) resumes with their defaults, and not
-    with other values."""
+def test_a_file_from_before_bf16_was_recorded_still_resumes(tmp_path):
+    """A file whose settings lack a field added later (bf16) resumes with its default, and not with another value."""
     kw = dict(**GRID2, chunk=3, batch_size=16)
     ref = lossmap.compute(_model(), _data(), **kw)
     out = tmp_path / "old.nc"
     ds = lossmap.compute(_model(), _data(), **kw, out=out)
     settings = dict(store.meta(ds)["settings"])
-    for key in ("loss_function", "metric_functions", "forward_function", "bf16"):
-        del settings[key]
+    del settings["bf16"]
     ds.attrs["settings"] = settings
     mask = np.ones((7, 4), bool)
     mask[2:5, 1] = False
     store.save(store.partial_dataset(ds, mask), out)
-    with pytest.raises(LossmapError, match=r"; loss_function \(file: not recorded, now: test_resume\._loss_a sha256:[0-9a-f]{12}…\);"):
-        lossmap.compute(_model(), _data(), **kw, out=out, loss_fn=_loss_a)
     with pytest.raises(LossmapError, match=r"settings: bf16 \(file: not recorded, now: true\);"):
         lossmap.compute(_model(), _data(), **kw, out=out, bf16=True)
     again = lossmap.compute(_model(), _data(), **kw, out=out)
     _assert_same(again, ref, ("loss", "accuracy"))
 
 
+def test_a_file_of_the_old_loss_convention_loads_but_is_not_resumed(tmp_path):
+    """lossmap 0.1 called loss_fn(outputs, batch) and summed MSE over outputs: its files load and plot, but a
+    resume across the change is refused with one line naming the convention."""
+    kw = dict(**GRID2, chunk=3, batch_size=16)
+    out = tmp_path / "old.nc"
+    ds = lossmap.compute(_model(), _data(), **kw, out=out)
+    settings = {k: v for k, v in store.meta(ds)["settings"].items()
+                if k not in ("loss_convention", "loss_function", "metric_functions", "forward_function", "output_transform")}
+    ds.attrs["settings"] = settings
+    mask = np.ones((7, 4), bool)
+    mask[2:5, 1] = False
+    store.save(store.partial_dataset(ds, mask), out)
+    assert store.progress(lossmap.load(out)) == (25, 28)
+    with pytest.raises(LossmapError, match=r"loss_convention \(file: 1, lossmap 0\.1: loss_fn\(outputs, batch\).*now: 2\)") as info:
+        lossmap.compute(_model(), _data(), **kw, out=out)
+    assert "\n" not in str(info.value) and "--overwrite" in str(info.value)
+
+
 def test_numpy_batches_enter_the_data_hash(tmp_path):
     """Batches holding numpy arrays are hashed by content, so other data is not taken for the same."""
-    from lossmap.fingerprint import batches_hash
-    from lossmap.evaluate import Batch
+    from lossmap.data.batches import Batch
+    from lossmap.data.source import Cached
+
+    def batches_hash(batches):
+        return Cached(batches).fingerprint()
 
     a = [Batch((np.zeros(3), 1), None, None, 3)]
     b = [Batch((np.ones(3), 1), None, None, 3)]

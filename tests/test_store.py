@@ -36,7 +36,7 @@ def test_round_trip_values_coords_attrs(landscape):
         assert m[key] == ds.attrs[key], key
     assert m["metrics"] == ["loss", "accuracy"]
     assert m["versions"]["torch"] == torch.__version__
-    assert m["moved_tensors"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert m["moved_tensors"] == ["0.weight", "2.weight"]  # --bias zero keeps the biases fixed
     assert m["parameter_count"] == sum(p.numel() for p in model.parameters())
     assert m["moved_parameter_count"] == 6 * 8 + 8 * 3  # biases do not move by default
     assert m["directions_file"] == "plane.directions.safetensors"

@@ -31,7 +31,7 @@ from .errors import LossmapError
 
 __all__ = [
     "Context", "setup", "world_from_env", "deal", "is_primary", "broadcast", "gather_chunk", "all_gather_objects",
-    "failure", "TIMEOUT_ENV",
+    "failure", "TIMEOUT_ENV", "Coordinator", "Torchrun", "coordinator", "PeerFailure",
 ]
 
 #: seconds a rank waits for the others in one round (default 1800, torch's own default)
@@ -194,3 +194,70 @@ def gather_chunk(ctx: Context, chunk_id: int, values: np.ndarray, chunk: int, m:
         if cid >= 0:
             result.append((cid, t[2 : 2 + rows * m].numpy().reshape(rows, m).copy()))
     return result
+
+
+class PeerFailure(Exception):
+    """A collective with the other ranks failed (a rank died or stopped answering)."""
+
+
+class Coordinator:
+    """How the processes of a run work together. A single process is this class itself: a coordinator that
+    does nothing (every chunk is its own, nothing is exchanged)."""
+
+    rank, world, primary = 0, 1, True
+
+    def deal(self, pending: Sequence[int]) -> list[list[int]]:
+        """Rounds of chunk ids, one per rank (-1: none); see :func:`deal`."""
+        return deal(pending, self.world)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        return obj
+
+    def agree(self, settings: dict[str, Any], differences: Any) -> None:
+        """Raise unless every rank would compute the same landscape (``differences(a, b)`` lists how two differ)."""
+
+    def gather(self, chunk_id: int, values: np.ndarray, chunk: int) -> list[tuple[int, np.ndarray]]:
+        """Every rank's ``(chunk id, values)`` of this round (an idle rank's id is -1 and is left out)."""
+        return [(chunk_id, values)] if chunk_id >= 0 else []
+
+
+class Torchrun(Coordinator):
+    """The ranks of a torchrun job (see the module docstring): chunks dealt in rounds, results gathered on rank 0."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.rank, self.world, self.primary = ctx.rank, ctx.world, ctx.primary
+
+    def broadcast(self, obj: Any) -> Any:
+        try:
+            return broadcast(self.ctx, obj)
+        except Exception as exc:  # noqa: BLE001
+            raise LossmapError(f"rank 0 stopped answering ({failure(exc)}): see rank 0's error") from exc
+
+    def agree(self, settings: dict[str, Any], differences: Any) -> None:
+        try:
+            every = all_gather_objects(self.ctx, settings)
+        except Exception as exc:  # noqa: BLE001
+            raise LossmapError(f"the ranks could not exchange their settings ({failure(exc)}): check that every rank started") from exc
+        for rank, other in enumerate(every):
+            diff = differences(every[0], other)
+            if diff:
+                raise LossmapError(
+                    f"rank {rank} would compute another landscape than rank 0: {'; '.join(diff)} "
+                    f"(rank 0 is 'file', rank {rank} is 'now'): give every rank the same model, checkpoint, data and options"
+                )
+
+    def gather(self, chunk_id: int, values: np.ndarray, chunk: int) -> list[tuple[int, np.ndarray]]:
+        try:
+            return gather_chunk(self.ctx, chunk_id, values, chunk, values.shape[1])
+        except Exception as exc:  # noqa: BLE001 - a peer died or timed out
+            raise PeerFailure(failure(exc)) from exc
+
+
+def coordinator(device: str | torch.device) -> tuple[Coordinator, torch.device]:
+    """The coordinator of this process (joining the torchrun job the environment describes) and its device."""
+    ctx = setup(device)
+    if ctx is None:
+        return Coordinator(), torch.device(device)
+    return Torchrun(ctx), ctx.device

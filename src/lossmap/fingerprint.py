@@ -6,15 +6,14 @@ import functools
 import hashlib
 import inspect
 import types
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from .evaluate import Batch
 from .space import feed_bytes
 
-__all__ = ["feed", "batches_hash", "callable_identity"]
+__all__ = ["feed", "callable_identity", "qualified_name"]
 
 
 def feed(h: "hashlib._Hash", obj: Any) -> None:
@@ -57,16 +56,6 @@ def _feed_array(h: "hashlib._Hash", a: np.ndarray) -> None:
     feed(h, t)
 
 
-def batches_hash(batches: Sequence[Batch] | None) -> str:
-    """A hash of the samples of cached batches (empty for None)."""
-    if batches is None:
-        return ""
-    h = hashlib.sha256()
-    for b in batches:
-        feed(h, b.raw)
-    return h.hexdigest()
-
-
 def callable_identity(fn: Callable | None) -> str | None:
     """A best-effort identity of a user's function, as resuming compares it: ``"module.qualname sha256:<hex>"``,
     the hash taken over its source (a lambda's bytecode), or over its bytecode and
@@ -81,6 +70,11 @@ def callable_identity(fn: Callable | None) -> str | None:
     if text is None:
         return name
     return f"{name} sha256:{hashlib.sha256(text).hexdigest()}"
+
+
+def qualified_name(fn: Any) -> str:
+    """A readable name of a user's callable: ``module.qualname``, ``functools.partial(...)``, or its class."""
+    return _callable_text(fn, depth=0)[0]
 
 
 def _qualname(obj: Any) -> str:
@@ -112,7 +106,17 @@ def _callable_text(fn: Any, depth: int) -> tuple[str, bytes | None]:
     code = getattr(fn, "__code__", None)
     if isinstance(code, types.CodeType):  # a function-like object (e.g. a compiled or wrapped function)
         return _qualname(fn), _source(fn)
-    cls = type(fn)  # a callable object: its class
+    from .losses import Metric
+
+    if isinstance(fn, Metric):  # a declared metric: its function and direction
+        inner, text = _callable_text(fn.fn, depth + 1)
+        return f"Metric({inner})", (text or b"") + f"|higher={fn.higher_is_better}".encode()
+    cls = type(fn)  # a callable object: its class, and for a module (an nn loss) its settings and tensors
+    if isinstance(fn, torch.nn.Module):
+        h = hashlib.sha256(_source(cls) or b"")
+        feed(h, {k: v for k, v in vars(fn).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))})
+        feed(h, dict(fn.state_dict()))
+        return _qualname(cls), h.hexdigest().encode()
     return _qualname(cls), _source(cls)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import LossmapError
 
-__all__ = ["MnistCNN", "load_model", "load_checkpoint", "save_checkpoint", "load_state_dict_into"]
+__all__ = ["MnistCNN", "resolve_factory", "load_model", "load_checkpoint", "save_checkpoint", "load_state_dict_into"]
 
 
 class MnistCNN(nn.Module):
@@ -48,8 +48,12 @@ class MnistCNN(nn.Module):
 BUILTIN_MODELS: dict[str, Callable[[], nn.Module]] = {"mnist-cnn": MnistCNN}
 
 
-def _resolve_factory(spec: str, what: str) -> Callable:
-    """Resolve ``package.module:name`` or ``path/to/file.py:name`` to a callable."""
+def resolve_factory(spec: str, what: str) -> Callable:
+    """Resolve ``package.module:name`` or ``path/to/file.py:name`` to a callable.
+
+    A file is imported with its own folder on the import path (as ``python file.py`` would run it), so it
+    can import the modules beside it; the folder stays on ``sys.path`` for imports the factory makes later.
+    """
     if ":" not in spec:
         raise LossmapError(
             f"{what} spec {spec!r} is not understood: use a built-in name or "
@@ -63,6 +67,9 @@ def _resolve_factory(spec: str, what: str) -> Callable:
             path = Path(module_part)
             if not path.is_file():
                 raise LossmapError(f"{what} file {module_part!r} does not exist: check the path in {spec!r}")
+            folder = str(path.resolve().parent)
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
             name = f"lossmap_user_{abs(hash(str(path.resolve())))}"
             module_spec = importlib.util.spec_from_file_location(name, path)
             if module_spec is None or module_spec.loader is None:
@@ -86,7 +93,7 @@ def load_model(spec: str) -> nn.Module:
     """Build a model from a spec: ``mnist-cnn``, ``package.module:factory`` or ``file.py:factory``."""
     if spec in BUILTIN_MODELS:
         return BUILTIN_MODELS[spec]()
-    factory = _resolve_factory(spec, "model")
+    factory = resolve_factory(spec, "model")
     try:
         model = factory()
     except Exception as exc:

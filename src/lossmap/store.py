@@ -37,7 +37,7 @@ from .errors import LossmapError
 FORMAT = "lossmap.landscape"
 FORMAT_VERSION = 1
 #: attributes stored as JSON strings
-JSON_ATTRS = ("metrics", "moved_tensors", "versions", "markers", "settings")
+JSON_ATTRS = ("metrics", "moved_tensors", "versions", "markers", "settings", "higher_is_better")
 
 #: the per-point mask of a partial landscape (a coordinate; 1 = evaluated)
 DONE = "done"
@@ -45,7 +45,7 @@ DONE = "done"
 __all__ = [
     "save", "load", "meta", "validate", "FORMAT", "FORMAT_VERSION", "JSON_ATTRS", "DONE", "encode_attrs",
     "directions_path", "atomic_path", "done_mask", "progress", "is_complete", "partial_dataset", "remove_stale_temporaries",
-    "writer_lock",
+    "writer_lock", "check_output", "require_metric", "metric_names",
 ]
 
 
@@ -84,11 +84,39 @@ def directions_path(landscape_path: str | Path) -> Path:
     return p.with_name(p.stem + ".directions.safetensors")
 
 
+def check_output(path: str | Path, example: str = "landscape.nc") -> Path:
+    """``path`` as a Path, checked before any work: not a folder, in a folder that exists and can be written.
+
+    Every command and library call that writes a file asks this, so the same mistake reads the same everywhere.
+    """
+    text = str(path)
+    path = Path(path)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise LossmapError(f"output {text!r} is a folder: give a file name such as {str(path / example)!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise LossmapError(f"output folder {str(folder)!r} does not exist: create it (mkdir -p) or choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LossmapError(f"output folder {str(folder)!r} is not writable: choose another --out")
+    return path
+
+
+def metric_names(ds: xr.Dataset) -> list[str]:
+    """The landscape's metrics (its data variables, ``done`` and per-point extras aside)."""
+    listed = meta(ds).get("metrics")
+    return [str(m) for m in listed] if isinstance(listed, list) and listed else [str(v) for v in ds.data_vars]
+
+
+def require_metric(ds: xr.Dataset, metric: str, source: str = "the landscape") -> str:
+    """``metric``, if ``ds`` holds it; otherwise one line naming the metrics it has."""
+    if metric not in ds.data_vars:
+        raise LossmapError(f"metric {metric!r} is not in {source} (it has {', '.join(metric_names(ds))}): choose one of those")
+    return metric
+
+
 def save(ds: xr.Dataset, path: str | Path) -> Path:
     """Write atomically (temporary file + rename): a crash never leaves a half-written landscape."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise LossmapError(f"output folder {str(path.parent)!r} does not exist: create it or choose another --out")
+    path = check_output(path)
     out = ds.copy()
     out.attrs = encode_attrs(ds.attrs)
     with atomic_path(path, durable=True) as tmp:

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ..landscape import show_axis, show_setting
+from ..settings import show_axis, show_setting
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

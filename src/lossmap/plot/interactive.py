@@ -81,7 +81,8 @@ def _display(values: np.ndarray, log: bool, floor: float | None) -> np.ndarray:
     return v
 
 
-def shared_range(arrays: Sequence[np.ndarray], metric: str, log: bool = False) -> tuple[float, float, float | None]:
+def shared_range(arrays: Sequence[np.ndarray], metric: str, log: bool = False, higher: bool = False
+                 ) -> tuple[float, float, float | None]:
     """``(lo, hi, floor)`` of the drawn values over all ``arrays`` (stored values; see the module docstring)."""
     floor = _log_floor(arrays, metric) if log else None
     drawn = np.concatenate([_display(a, log, floor).ravel() for a in arrays])
@@ -89,7 +90,7 @@ def shared_range(arrays: Sequence[np.ndarray], metric: str, log: bool = False) -
     if finite.size == 0:
         raise LossmapError(f"metric {metric!r} has no finite value: the landscape was not evaluated or diverged")
     lo = float(finite.min())
-    hi = float(finite.max()) if _higher_is_better(metric) else robust_upper(finite)
+    hi = float(finite.max()) if higher else robust_upper(finite)
     if hi <= lo:  # constant landscape
         pad = abs(lo) * 0.01 or 1.0
         lo, hi = lo - pad, hi + pad
@@ -258,7 +259,7 @@ def landscape_figures(
     values = _values(ds, metric)
     figs: dict[str, go.Figure] = {}
     if _is_2d(ds) and ds.sizes["x"] >= 2 and ds.sizes["y"] >= 2:
-        lo, hi, floor = shared_range([values], metric, log)
+        lo, hi, floor = shared_range([values], metric, log, _higher_is_better(ds, metric))
         surf = go.Figure(_surface_trace(ds, metric, log, lo, hi, floor, colorbar={"title": {"text": _zlabel(metric, log)}}))
         surf.update_layout(title={"text": f"{title} — surface"}, scene=_scene(ds, metric, log), height=560, width=PANEL_WIDTH,
                            margin={"l": 0, "r": 0, "t": 40, "b": 0})
@@ -283,7 +284,7 @@ def comparison_figures(
     """Side-by-side figures of comparable landscapes on ONE colour scale (same cmin/cmax and contour levels)."""
     stats.require_comparable(datasets, titles, metric)
     arrays = [_values(d, metric) for d in datasets]
-    lo, hi, floor = shared_range(arrays, metric, log)
+    lo, hi, floor = shared_range(arrays, metric, log, _higher_is_better(datasets[0], metric))
     n = len(datasets)
     figs: dict[str, go.Figure] = {}
     coloraxis = {"colorscale": COLORSCALE, "cmin": lo, "cmax": hi, "colorbar": {"title": {"text": _zlabel(metric, log)}}}

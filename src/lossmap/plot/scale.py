@@ -22,9 +22,14 @@ def is_2d(ds: xr.Dataset) -> bool:
     return "y" in ds.dims
 
 
-def higher_is_better(metric: str) -> bool:
-    """Accuracy-like metrics (name contains ``acc``) are bounded and drawn over their full range."""
-    return "acc" in metric.lower()
+def higher_is_better(ds: xr.Dataset, metric: str) -> bool:
+    """Whether higher values of ``metric`` are better, as the landscape declares it (``higher_is_better``);
+    such metrics (accuracy) are bounded and drawn over their full range. Files of lossmap 0.1 declare
+    nothing: their only such metric was the built-in accuracy."""
+    declared = meta(ds).get("higher_is_better")
+    if isinstance(declared, dict) and metric in declared:
+        return bool(declared[metric])
+    return metric == "accuracy"
 
 
 def log_floor(arrays: Iterable[np.ndarray], metric: str) -> float:

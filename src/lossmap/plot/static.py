@@ -122,14 +122,14 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 
 def _value_range(
-    arrays: Sequence[np.ndarray], metric: str, log: bool, vmin: float | None, vmax: float | None
+    arrays: Sequence[np.ndarray], metric: str, log: bool, vmin: float | None, vmax: float | None, higher: bool = False
 ) -> tuple[float, float]:
     """Colour range (vmin, vmax) over ``arrays`` (already floored for log), made non-degenerate."""
     pooled = np.concatenate([_finite(a).ravel() for a in arrays])
     lo = float(pooled.min()) if vmin is None else float(vmin)
     if vmax is not None:
         hi = float(vmax)
-    elif _higher_is_better(metric):
+    elif higher:
         hi = float(pooled.max())
     else:
         hi = robust_upper(pooled)
@@ -353,8 +353,8 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     names = list(metrics) if metrics is not None else _metric_names(ds)
     if not names:
         raise LossmapError("the landscape has no metric variables to plot: the file is damaged")
-    left = [m for m in names if not _higher_is_better(m)]
-    right = [m for m in names if _higher_is_better(m)]
+    left = [m for m in names if not _higher_is_better(ds, m)]
+    right = [m for m in names if _higher_is_better(ds, m)]
     if not left:
         left, right = right, []
     own_figure = ax is None
@@ -373,7 +373,7 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     left_arrays, right_arrays = [], []
     for i, metric in enumerate(left + right):
         target = ax if metric in left else twin
-        use_log = log and metric in left and not _higher_is_better(metric)
+        use_log = log and metric in left and not _higher_is_better(ds, metric)
         values = _line_values(ds, metric, use_log)
         color = colors[i % len(colors)]
         (left_arrays if metric in left else right_arrays).append(values)
@@ -389,11 +389,11 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
         if use_log:
             target.set_yscale("log")
 
-    ax.set_ylabel(", ".join(_metric_label(m, log and not _higher_is_better(m)) for m in left))
+    ax.set_ylabel(", ".join(_metric_label(m, log and not _higher_is_better(ds, m)) for m in left))
     if twin is not None:
         twin.set_ylabel(", ".join(right))
         _style_accuracy_axis(twin, right_arrays)
-    elif all(_higher_is_better(m) for m in left):
+    elif all(_higher_is_better(ds, m) for m in left):
         _style_accuracy_axis(ax, left_arrays)
 
     positions: dict[str, float] = {}
@@ -493,7 +493,7 @@ def plot_contour(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     """
     _require_2d(ds, "contour plot", 2)
     values = _grid_values(ds, metric, log)
-    lo, hi = _value_range([values], metric, log, vmin, vmax)
+    lo, hi = _value_range([values], metric, log, vmin, vmax, _higher_is_better(ds, metric))
     lv = _levels(levels, lo, hi, log)
     fig, ax = _new_axes(ax, figsize=_figsize_2d(ds, filled))
     norm = _norm(min(lo, lv[0]), max(hi, lv[-1]), log)
@@ -509,7 +509,7 @@ def plot_heatmap(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     """Colour-coded cells (pcolormesh, edges at coordinate midpoints) with a colour bar. Returns ``(fig, ax)``."""
     _require_2d(ds, "heatmap")
     values = _grid_values(ds, metric, log)
-    lo, hi = _value_range([values], metric, log, vmin, vmax)
+    lo, hi = _value_range([values], metric, log, vmin, vmax, _higher_is_better(ds, metric))
     fig, ax = _new_axes(ax, figsize=_figsize_2d(ds, True))
     mesh = ax.pcolormesh(_edges(ds["x"].values), _edges(ds["y"].values), _masked(values).T,
                          norm=_norm(lo, hi, log), cmap=CMAP, shading="flat")
@@ -560,7 +560,7 @@ def plot_surface(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     """
     _require_2d(ds, "surface plot", 2)
     values = _grid_values(ds, metric, log)
-    lo, hi = _value_range([values], metric, log, vmin, vmax)
+    lo, hi = _value_range([values], metric, log, vmin, vmax, _higher_is_better(ds, metric))
     if ax is None:
         fig = Figure(figsize=(7.0, 5.6), layout="constrained")
         ax = fig.add_subplot(projection="3d")
@@ -627,7 +627,7 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
         ax.set_title(f"{metric}: {describe(datasets[0])}")
         return fig
 
-    lo, hi = _value_range(raw, metric, log, None, None)
+    lo, hi = _value_range(raw, metric, log, None, None, _higher_is_better(datasets[0], metric))
     lv = _levels(levels, lo, hi, log)
     n = len(datasets)
     if kind == "surface":

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .errors import LossmapError
+from ..errors import LossmapError
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -137,9 +137,9 @@ def load_data(spec: str) -> Any:
         return mnist(rest, split)
     if spec.startswith("npz:"):
         return npz(spec[len("npz:") :])
-    from .models import _resolve_factory
+    from ..models import resolve_factory
 
-    factory = _resolve_factory(spec, "data")
+    factory = resolve_factory(spec, "data")
     try:
         return factory()
     except Exception as exc:
