@@ -433,6 +433,11 @@ def test_compare_summaries_tests_the_shared_flatness_numbers():
     out = ensemble.compare_summaries(sharp, flat, names=("sgd", "adam"))
     assert list(out) == ["rise_radius_xpos", "rise_radius_xneg", "ball_mean_increase", "curvature_x"]
     assert all(r.differ for r in out.values())
+    described = ensemble.describe_summaries(sharp)
+    assert list(described) == list(out)
+    # the model's per-seed curvatures are 2·U(3, 4): the interval for their mean lies inside [6, 8]
+    assert 6.0 < described["curvature_x"]["ci_low"] < described["curvature_x"]["ci_high"] < 8.0
+    assert described["curvature_x"]["mean"] == pytest.approx(statistics.fmean(sharp["curvature_x"].tolist()))
     assert out["curvature_x"].mean_a > out["curvature_x"].mean_b
 
 

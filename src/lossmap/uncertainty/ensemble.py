@@ -53,7 +53,7 @@ from .. import stats as lstats
 from ..errors import LossmapError
 
 __all__ = [
-    "band", "curvature", "centre_curvature", "seed_summaries", "stack_seeds", "describe", "compare",
+    "band", "curvature", "centre_curvature", "seed_summaries", "stack_seeds", "describe", "describe_summaries", "compare",
     "compare_summaries", "Comparison", "FLATNESS_KEYS",
 ]
 
@@ -262,6 +262,32 @@ def describe(values, level: float = 0.9, method: str = "t", seed: int = 0, resam
         lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
         out.update(ci_low=float(lo), ci_high=float(hi))
     return out
+
+
+def describe_summaries(
+    summaries: dict[str, np.ndarray], keys: Sequence[str] | None = None, level: float = 0.9, method: str = "t",
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """:func:`describe` for each flatness number of a :func:`seed_summaries` result.
+
+    Args:
+        summaries (dict): :func:`seed_summaries` of one model.
+        keys (list of str, optional): the numbers (default: :data:`FLATNESS_KEYS` present).
+        level, method, seed: as for :func:`describe`.
+
+    Returns:
+        dict: key → the :func:`describe` dict, in ``keys`` order.
+
+    Example:
+        >>> d = describe_summaries({"curvature_x": np.array([1.0, 2.0, 3.0])})
+        >>> d["curvature_x"]["mean"]
+        2.0
+    """
+    chosen = [k for k in FLATNESS_KEYS if k in summaries] if keys is None else list(keys)
+    missing = [k for k in chosen if k not in summaries]
+    if missing or not chosen:
+        raise LossmapError(f"numbers {missing or list(FLATNESS_KEYS)} are not in the summaries: choose keys it carries")
+    return {k: describe(summaries[k], level=level, method=method, seed=seed) for k in chosen}
 
 
 @dataclass(frozen=True)

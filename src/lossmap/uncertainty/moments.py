@@ -182,21 +182,14 @@ def _as_f64(values, device) -> Tensor:
     return torch.as_tensor(values).to(device=device, dtype=_F64)
 
 
-def _batch_count(values: Tensor, keep: Tensor | None) -> Tensor:
-    count = torch.full(values.shape[:-1], float(values.shape[-1]), dtype=_F64, device=values.device)
-    return count if keep is None else torch.where(keep, count, torch.zeros_like(count))
-
-
 def _batch(values: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Count, mean and M2 of one batch along its last dim (two-pass, float64); zero where ``keep`` is False."""
-    count = _batch_count(values, keep)
-    if values.shape[-1] == 0:
-        z = torch.zeros(values.shape[:-1], dtype=_F64, device=values.device)
-        return count, z, z.clone()
-    mu = values.mean(dim=-1)
+    size = values.shape[-1]
+    count = torch.full(values.shape[:-1], float(size), dtype=_F64, device=values.device)
+    mu = values.mean(dim=-1) if size else torch.zeros_like(count)
     m2 = ((values - mu.unsqueeze(-1)) ** 2).sum(dim=-1)
     if keep is not None:
-        mu, m2 = torch.where(keep, mu, torch.zeros_like(mu)), torch.where(keep, m2, torch.zeros_like(m2))
+        count, mu, m2 = (torch.where(keep, t, torch.zeros_like(t)) for t in (count, mu, m2))
     return count, mu, m2
 
 
