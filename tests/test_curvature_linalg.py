@@ -261,6 +261,21 @@ def test_slq_weights_match_multiplicities_in_expectation_with_random_starts():
         assert abs(per_run.mean() - mult / N) < 5 * se
 
 
+def test_slq_has_no_ghost_copies_of_converged_outliers():
+    # 80 steps on a bulk in [0, 1] plus outliers 50 and 100: without reorthogonalization Lanczos loses
+    # orthogonality and repeats the converged outliers (10 and 9 copies here); with it each appears once, with
+    # the weight (uᵀv)² of its eigenvector u and the start v
+    rng = np.random.default_rng(0)
+    lam = np.concatenate([rng.uniform(0, 1, 298), [50.0, 100.0]])
+    q, _ = np.linalg.qr(rng.normal(size=(300, 300)))
+    start = rng.choice([-1.0, 1.0], size=300) / math.sqrt(300)
+    out = slq(matrix_operator((q * lam) @ q.T), steps=80, starts=start[None])
+    for outlier, col in ((100.0, -1), (50.0, -2)):
+        near = np.abs(out.nodes - outlier) < 1e-6
+        assert near.sum() == 1
+        assert abs(out.weights[near][0] - (q[:, col] @ start) ** 2) < 1e-10
+
+
 def test_lanczos_stops_at_an_invariant_subspace():
     op = matrix_operator(np.diag([2.0] * 4 + [-1.0] * 3 + [5.0] * 3))
     alpha, beta = lanczos(op, steps=10, start=np.ones(10))
