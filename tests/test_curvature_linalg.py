@@ -310,9 +310,9 @@ def test_plot_density_draws_a_normalized_curve_without_pyplot():
 
 def _mlp_problem():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3)).double()
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (64,), generator=g)
     return model, x, y
 
@@ -332,7 +332,7 @@ def _dense_hessian(model: nn.Module, loss_fn, x, y) -> tuple[np.ndarray, list[tu
         params = {k: flat[a:b].reshape(s) for (k, a, b), s in zip(slices, shapes)}
         return loss_fn(functional_call(model, params, (x,)), y)
 
-    return torch.autograd.functional.hessian(f, flat0).numpy(), slices
+    return torch.autograd.functional.hessian(f, flat0, vectorize=True).numpy(), slices
 
 
 def test_mlp_eigenvalues_match_the_autograd_hessian():
@@ -359,6 +359,18 @@ def test_mlp_eigenvalues_match_the_autograd_hessian():
     sub = np.linalg.eigvalsh(h[a:b, a:b])
     got = top_eigen(HessianOperator(hvp, params, block=block), k=2, which="LA", tol=0).values
     np.testing.assert_allclose(got, sub[::-1][:2], rtol=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mlp_eigenvalues_on_cuda_match_the_cpu_autograd_hessian():
+    model, x, y = _mlp_problem()
+    loss_fn = nn.CrossEntropyLoss()
+    ref = np.linalg.eigvalsh(_dense_hessian(model, loss_fn, x, y)[0])
+    hvp, params = module_hvp(model.cuda(), loss_fn, x.cuda(), y.cuda())
+    eig = top_eigen(HessianOperator(hvp, params), k=2, which="LA", tol=0)
+    assert eig.vectors[0]["0.weight"].device.type == "cuda"
+    np.testing.assert_allclose(eig.values, ref[::-1][:2], rtol=1e-8)
 
 
 # --------------------------------------------------------------------------------------------------------
