@@ -1,0 +1,188 @@
+"""The spectral density of a Hessian by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017;
+Ghorbani, Krishnan & Xiao 2019).
+
+From a random unit vector ``v``, ``m`` Lanczos steps build a tridiagonal ``T`` whose eigenvalues (Ritz values)
+``θₖ`` are quadrature nodes and whose eigenvectors' squared first components ``τₖ²`` are the weights: the
+measure ``Σₖ τₖ² δ(λ − θₖ)`` approximates ``Σᵢ (uᵢᵀv)² δ(λ − λᵢ)``, whose expectation over ``v`` is the
+spectral density ``(1/n) Σᵢ δ(λ − λᵢ)``. One run's weights sum to 1; runs are averaged.
+
+Lanczos here keeps all its vectors and reorthogonalizes fully (twice) at every step, so the nodes are exact
+eigenvalues once ``m`` reaches the number of distinct eigenvalues that ``v`` touches; it stops early when the
+Krylov space becomes invariant (``β ≤ breakdown · ‖T‖``). Memory: ``m`` float64 vectors of length ``n``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from ..errors import LossmapError
+from .operator import HessianOperator
+from .trace import _generator, rademacher
+
+__all__ = ["SLQ", "lanczos", "slq", "smooth_density"]
+
+
+@dataclass
+class SLQ:
+    """Quadrature nodes and weights of stochastic Lanczos quadrature, pooled over runs.
+
+    Attributes:
+        nodes (np.ndarray): float64 Ritz values of all runs, concatenated (run 0 first, ascending in each run).
+        weights (np.ndarray): float64, each run's ``τₖ²`` divided by the number of runs (they sum to 1).
+        run (np.ndarray): int, the run each node came from.
+        hvps (int): Hessian-vector products used (one per Lanczos step).
+        steps (int): Lanczos steps asked for per run (a run stops earlier at a breakdown).
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    run: np.ndarray
+    hvps: int
+    steps: int
+
+
+def lanczos(op: HessianOperator, steps: int, start: np.ndarray, breakdown: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """Lanczos tridiagonalization with full reorthogonalization.
+
+    Args:
+        op: the symmetric operator.
+        steps: at most this many steps (HVPs); capped at ``n``.
+        start: nonzero starting vector (normalized here).
+        breakdown: stop when ``β ≤ breakdown · (max|α| + max β)`` (an invariant subspace was found).
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: the diagonal ``α`` (length ``j``) and off-diagonal ``β`` (length
+        ``j − 1``) of ``T``, ``j <= steps`` the steps made.
+
+    Example:
+        >>> from lossmap.curvature.operator import matrix_operator
+        >>> a, b = lanczos(matrix_operator(np.diag([1.0, 1.0, 3.0])), steps=3, start=np.ones(3))
+        >>> len(a), np.round(scipy.linalg.eigvalsh_tridiagonal(a, b), 12).tolist()
+        (2, [1.0, 3.0])
+    """
+    n = op.shape[0]
+    m = min(int(steps), n)
+    v = np.asarray(start, dtype=np.float64).reshape(-1)
+    norm = float(np.linalg.norm(v))
+    if v.shape != (n,) or not math.isfinite(norm) or norm == 0:
+        raise LossmapError(f"the Lanczos start vector must be a finite nonzero vector of {n} values")
+    basis = np.empty((m, n), dtype=np.float64)
+    alpha: list[float] = []
+    beta: list[float] = []
+    v = v / norm
+    for j in range(m):
+        basis[j] = v
+        w = op.matvec(v)
+        alpha.append(float(v @ w))
+        w -= alpha[-1] * v
+        if j > 0:
+            w -= beta[-1] * basis[j - 1]
+        for _ in range(2):
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        b = float(np.linalg.norm(w))
+        scale = max(abs(a) for a in alpha) + (max(beta) if beta else 0.0)
+        if j == m - 1 or b <= breakdown * scale:
+            break
+        beta.append(b)
+        v = w / b
+    return np.asarray(alpha), np.asarray(beta)
+
+
+def _quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if alpha.size == 1:
+        return alpha.copy(), np.ones(1)
+    values, vectors = scipy.linalg.eigh_tridiagonal(alpha, beta)
+    return values, vectors[0] ** 2
+
+
+def slq(op: HessianOperator, steps: int, runs: int = 1, seed: int | np.random.Generator = 0,
+        starts: np.ndarray | None = None, breakdown: float = 1e-10) -> SLQ:
+    """Stochastic Lanczos quadrature: nodes and weights of the spectral density.
+
+    Args:
+        op: the symmetric operator.
+        steps: Lanczos steps (HVPs) per run, at least 1 (capped at ``n``).
+        runs: independent random starting vectors (Rademacher, normalized), at least 1.
+        seed: seed of the starting vectors' generator (or a numpy ``Generator``).
+        starts: optional explicit starting vectors, ``(runs, n)``; overrides ``runs`` and ``seed``.
+        breakdown: relative size of ``β`` below which a run stops (see :func:`lanczos`).
+
+    Returns:
+        SLQ: pooled nodes, weights (summing to 1), run index, HVP count.
+
+    Example:
+        >>> from lossmap.curvature.operator import matrix_operator
+        >>> q = slq(matrix_operator(np.diag([-1.0, 2.0, 2.0, 5.0])), steps=3, starts=np.eye(4))
+        >>> np.round(q.nodes, 12).tolist(), q.weights.tolist()
+        ([-1.0, 2.0, 2.0, 5.0], [0.25, 0.25, 0.25, 0.25])
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise LossmapError(f"steps={steps!r}: use a whole number of Lanczos steps >= 1")
+    n, before = op.shape[0], op.count
+    if starts is None:
+        if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
+            raise LossmapError(f"runs={runs!r}: use a whole number of runs >= 1")
+        rng = _generator(seed)
+        starts = [rademacher(rng, n) for _ in range(int(runs))]
+    starts = np.asarray(starts, dtype=np.float64)
+    starts = starts[None] if starts.ndim == 1 else starts
+    if starts.ndim != 2 or starts.shape[0] == 0 or starts.shape[1] != n:
+        raise LossmapError(f"starts of shape {starts.shape}: pass an array of shape (runs, {n}) with runs >= 1")
+    nodes, weights, run = [], [], []
+    for r, start in enumerate(starts):
+        t_nodes, t_weights = _quadrature(*lanczos(op, steps, start, breakdown))
+        nodes.append(t_nodes)
+        weights.append(t_weights / len(starts))
+        run.append(np.full(t_nodes.size, r))
+    return SLQ(np.concatenate(nodes), np.concatenate(weights), np.concatenate(run), op.count - before, int(steps))
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def smooth_density(nodes: np.ndarray, weights: np.ndarray, width: float | None = None,
+                   grid: np.ndarray | None = None, points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """The quadrature measure smoothed by a Gaussian kernel, normalized to integrate to 1 on the grid.
+
+    Args:
+        nodes: quadrature nodes (e.g. :attr:`SLQ.nodes`).
+        weights: their weights (e.g. :attr:`SLQ.weights`).
+        width: the kernel's standard deviation (default: 1 % of the nodes' range, or ``1e-3 · max(1, |node|)``
+            when all nodes coincide).
+        grid: evaluation points, increasing (default: ``points`` values from ``min(nodes) − 5·width`` to
+            ``max(nodes) + 5·width``).
+        points: size of the default grid.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: ``(grid, density)``; ``density`` integrates to 1 by the trapezoid rule.
+
+    Example:
+        >>> t, p = smooth_density(np.array([0.0]), np.array([1.0]), width=1.0)
+        >>> round(float(np.sum(np.diff(t) * (p[1:] + p[:-1]) / 2)), 12), round(float(p.max()), 3)
+        (1.0, 0.399)
+    """
+    nodes = np.asarray(nodes, dtype=np.float64).reshape(-1)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if nodes.size == 0 or nodes.shape != weights.shape or not np.all(np.isfinite(nodes)):
+        raise LossmapError(f"nodes ({nodes.size}) and weights ({weights.size}) must be equally many finite values, at least one")
+    if width is None:
+        span = float(nodes.max() - nodes.min())
+        width = 0.01 * span if span > 0 else 1e-3 * max(1.0, float(np.abs(nodes).max()))
+    if not (width > 0 and math.isfinite(width)):
+        raise LossmapError(f"width={width}: the kernel width must be a positive number")
+    if grid is None:
+        grid = np.linspace(nodes.min() - 5 * width, nodes.max() + 5 * width, int(points))
+    grid = np.asarray(grid, dtype=np.float64).reshape(-1)
+    if grid.size < 2 or not np.all(np.diff(grid) > 0):
+        raise LossmapError("the density grid must hold at least 2 increasing values")
+    z = (grid[:, None] - nodes[None, :]) / width
+    density = np.exp(-0.5 * z * z) @ weights / (width * math.sqrt(2 * math.pi))
+    total = _trapezoid(density, grid)
+    if not total > 0:
+        raise LossmapError("the density is zero on the whole grid: widen the grid or the kernel")
+    return grid, density / total
