@@ -1,0 +1,11 @@
+"""Mode connectivity: permutation alignment (weight matching), low-loss curves, barriers."""
+
+from .align import AlignResult, align, weight_matching
+from .check import check_spec
+from .derive import derive_spec
+from .spec import PermutationSpec, apply_permutation, random_permutations, spec_from_axes
+
+__all__ = [
+    "AlignResult", "align", "weight_matching", "derive_spec", "check_spec",
+    "PermutationSpec", "spec_from_axes", "apply_permutation", "random_permutations",
+]
