@@ -50,7 +50,7 @@ def _out(model, state, x):
     model.eval()
     try:
         with torch.no_grad():
-            return torch.func.functional_call(model, state, (x,))
+            return torch.func.functional_call(model, state, (x,), tie_weights=False)
     finally:
         model.train(was)
 
@@ -88,7 +88,7 @@ class CNN(nn.Module):
     def forward(self, x):
         x = self.pool(F.relu(self.bn1(self.conv1(x))))
         x = F.avg_pool2d(F.relu(self.conv2(x)), 1)
-        x = torch.flatten(x, 1)
+        x = x.view(x.size(0), -1)
         return self.fc2(F.relu(self.fc1(x)))
 
 
@@ -142,20 +142,67 @@ RESNET_GROUPS = [
           *_bn("layer2.short.1"), ("head.weight", 1, 1)]),
 ]
 
+
+
+class TiedLM(nn.Module):
+    """Embedding, a residual MLP, layer norm, and an output layer tied to the embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc1, self.fc2 = nn.Embedding(11, 8), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.ln, self.head = nn.LayerNorm(8), nn.Linear(8, 11, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        h = h + self.fc2(F.gelu(self.fc1(h)))
+        return self.head(self.ln(h))
+
+
+LM_GROUPS = [
+    # the residual stream; the tied matrix is one tensor under two names, permuted alike
+    (8, [("emb.weight", 1, 1), ("head.weight", 1, 1), ("fc1.weight", 1, 1), ("fc2.weight", 0, 1),
+         ("fc2.bias", 0, 1), ("ln.weight", 0, 1), ("ln.bias", 0, 1)]),
+    (16, [("fc1.weight", 0, 1), ("fc1.bias", 0, 1), ("fc2.weight", 1, 1)]),
+]
+
+
+class Mixer(nn.Module):
+    """Per-token features, then a token-mixing linear layer applied across tokens (after a transpose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.tokens, self.out = nn.Linear(5, 8), nn.Linear(6, 6), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.tokens(h.transpose(1, 2)).transpose(1, 2)
+        return self.out(F.relu(h).mean(1))
+
+
+MIXER_GROUPS = [(8, [("embed.weight", 0, 1), ("embed.bias", 0, 1), ("out.weight", 1, 1)])]
+
+
+def _floats(*shape):
+    return lambda g: torch.randn(*shape, generator=g)
+
+
 CASES = {
-    "mlp": (MLP, MLP_GROUPS, (32, 6)),
-    "cnn": (CNN, CNN_GROUPS, (8, 3, 8, 8)),
-    "resnet": (ResNet, RESNET_GROUPS, (4, 3, 8, 8)),
+    "mlp": (MLP, MLP_GROUPS, _floats(32, 6)),
+    "cnn": (CNN, CNN_GROUPS, _floats(8, 3, 8, 8)),
+    "resnet": (ResNet, RESNET_GROUPS, _floats(4, 3, 8, 8)),
+    "tied-lm": (TiedLM, LM_GROUPS, lambda g: torch.randint(0, 11, (4, 7), generator=g)),
+    "mixer": (Mixer, MIXER_GROUPS, _floats(4, 6, 5)),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_planted_permutation_is_recovered_exactly(case):
-    cls, groups, shape = CASES[case]
+    cls, groups, make_input = CASES[case]
     model = _randomize(cls(), seed=1)
     state_a = {k: v.clone() for k, v in model.state_dict().items()}
     state_b, _ = _plant(state_a, groups, seed=2)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    x = make_input(torch.Generator().manual_seed(3))
     # the hand-made copy is the same function: the oracle itself is right
     torch.testing.assert_close(_out(model, state_b, x), _out(model, state_a, x), rtol=1e-5, atol=1e-5)
     unaligned = sum(float((state_a[k].double() - state_b[k].double()).pow(2).sum()) for k in state_a if state_a[k].is_floating_point())
@@ -198,6 +245,23 @@ def test_derived_spec_lists_the_hand_written_axes():
     spec = derive_spec(model, torch.randn(5, 6))
     found = sorted(sorted(entries) for entries in spec.perms.values())
     assert found == sorted(sorted(axes) for _, axes in MLP_GROUPS)
+
+
+def test_seed_cnn_structure_and_alignment_of_two_random_networks():
+    from lossmap.models import MnistCNN
+
+    torch.manual_seed(12)
+    a, b = MnistCNN(), MnistCNN()
+    x = torch.randn(2, 1, 28, 28)
+    spec = derive_spec(a, x)
+    assert spec.sizes == {"P_conv1": 32, "P_conv2": 64, "P_fc1": 128}
+    assert ("fc1.weight", 1, 144) in spec.perms["P_conv2"]  # 64 channels of 12×12 flattened
+    res = align(a, a.state_dict(), b.state_dict(), probe=x)
+    # ‖π(B)‖ = ‖B‖, so ‖A − π(B)‖² = ‖A‖² + ‖B‖² − 2⟨A, π(B)⟩: matching can only bring B closer
+    norm2 = sum(float(t.double().pow(2).sum()) for s in (a.state_dict(), b.state_dict()) for t in s.values())
+    assert res.distance_after ** 2 == pytest.approx(norm2 - 2 * res.objective_after, rel=1e-9)
+    assert res.distance_after < res.distance_before
+    assert check_spec(a, res.spec, res.state, x) < 1e-5
 
 
 def test_weight_matching_recovers_a_planted_permutation_of_an_explicit_spec():
@@ -253,9 +317,19 @@ class RecurrentNet(nn.Module):
         return self.rnn(torch.relu(self.fc(x)))[0]
 
 
+class SplitNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)).view(x.size(0), 2, 4)).sum(1)  # splits fc1's 8 units in two
+
+
 @pytest.mark.parametrize(
     "net, shape, layer",
-    [(GroupNormNet, (2, 3, 6, 6), "gn"), (CumsumNet, (3, 4), "cumsum"), (RecurrentNet, (2, 5, 4), "rnn")],
+    [(GroupNormNet, (2, 3, 6, 6), "gn"), (CumsumNet, (3, 4), "cumsum"), (RecurrentNet, (2, 5, 4), "rnn"),
+     (SplitNet, (3, 4), "view")],
 )
 def test_underivable_structure_names_the_layer(net, shape, layer):
     with pytest.raises(LossmapError) as err:

@@ -78,7 +78,8 @@ def run_with_state(model: nn.Module, state: Mapping[str, torch.Tensor], inputs: 
 
     The model's own tensors and modes are left as they were (``torch.func.functional_call``)."""
     with eval_mode(model):
-        return functional_call(model, fit_state(model, state), _as_args(inputs))
+        # every name of a tied tensor is in the state dict, each with its own (equal) copy
+        return functional_call(model, fit_state(model, state), _as_args(inputs), tie_weights=False)
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:

@@ -178,19 +178,27 @@ def _trace(model: nn.Module, example_input: Any) -> fx.GraphModule:
 
 
 def _spec(w: Walk, model: nn.Module) -> PermutationSpec:
-    """The permutations found, named ``P_<layer>`` after the layer that created each, with aliases of
-    shared tensors permuted alike."""
+    """The permutations found, named ``P_<layer>`` after the layer that created each. A tensor shared
+    under several names (tied weights) is one tensor: groups reaching the same axis of it merge, and
+    every name gets its permutations."""
     state = model.state_dict(keep_vars=True)
-    alias: dict[int, list[str]] = {}
+    names: dict[int, list[str]] = {}
     for k, t in state.items():
-        alias.setdefault(id(t), []).append(k)
-    axes: dict[str, list[tuple[str, int, int]]] = {}
+        names.setdefault(id(t), []).append(k)
+    seen: dict[tuple[int, int], tuple[int, int]] = {}
     for tensor, axis, block, group in w.entries:
+        key = (id(state[tensor]), axis)
+        if key in seen and seen[key][1] != block:
+            raise LossmapError(f"tensor {tensor!r} is reached on axis {axis} in two layouts: pass an explicit spec=")
+        if key in seen:
+            lo, hi = sorted((find(w, group), find(w, seen[key][0])))
+            w.parent[hi] = lo
+        seen.setdefault(key, (group, block))
+    axes: dict[str, list[tuple[str, int, int]]] = {}
+    for (tid, axis), (group, block) in seen.items():
         root = find(w, group)
-        if root == FIXED:
-            continue
-        for name in alias.get(id(state[tensor]), [tensor]):
-            axes.setdefault(f"P_{w.name[root]}", []).append((name, axis, block))
+        if root != FIXED:
+            axes.setdefault(f"P_{w.name[root]}", []).extend((name, axis, block) for name in names[tid])
     if not axes:
         return PermutationSpec(perms={}, sizes={})
     return spec_from_axes(axes, {k: v.detach() for k, v in state.items()})

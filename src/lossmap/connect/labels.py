@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
@@ -182,14 +183,18 @@ def reduce(w: Walk, node: fx.Node) -> Label | None:
         return None
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-    if dim is None:
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
         return None  # a full reduction does not see the order of units
     if not (isinstance(dim, int) or (isinstance(dim, (tuple, list)) and all(isinstance(d, int) for d in dim))):
         raise fail_at(node, f"its dim {dim!r} is not a constant")
-    dims = _dims(dim, len(shape_of(node.args[0])))
+    shape_in = shape_of(node.args[0])
+    dims = _dims(dim, len(shape_in))
     if lab.axis in dims:
         return None  # summing or averaging over the units: invariant
-    return Label(lab.group, lab.axis if keep else lab.axis - sum(d < lab.axis for d in dims), lab.block)
+    axis = lab.axis if keep else lab.axis - sum(d < lab.axis for d in dims)
+    if not (axis < len(shape_of(node)) and shape_of(node)[axis] == shape_in[lab.axis]):
+        raise fail_at(node, f"its result {shape_of(node)} does not keep the hidden units of axis {lab.axis}")
+    return Label(lab.group, axis, lab.block)
 
 
 def transpose(w: Walk, node: fx.Node) -> Label | None:
@@ -201,7 +206,8 @@ def transpose(w: Walk, node: fx.Node) -> Label | None:
         raw = node.args[1:] if len(node.args) > 2 or isinstance(node.args[1], int) else node.args[1]
         order = _dims(list(raw), nd)
         return Label(lab.group, order.index(lab.axis), lab.block)
-    d0, d1 = _dims(list(node.args[1:3]) if node.target != "t" else [0, 1], nd)
+    pair = [0, 1] if node.target == "t" else [*node.args[1:3], *(node.kwargs[k] for k in ("dim0", "dim1") if k in node.kwargs)]
+    d0, d1 = _dims(pair, nd)
     axis = d1 if lab.axis == d0 else d0 if lab.axis == d1 else lab.axis
     return Label(lab.group, axis, lab.block)
 

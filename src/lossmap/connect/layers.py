@@ -41,9 +41,17 @@ def _layer_out(w: Walk, name: str, size: int) -> int:
 def linear(w: Walk, node: fx.Node, name: str, mod: nn.Linear) -> Label | None:
     lab, nd = label_in(w, node), len(shape_of(node.args[0]))
     if lab is not None and lab.axis != nd - 1:
-        raise fail_at(node, f"its input holds hidden units on axis {lab.axis}, but it acts on the last axis")
+        # it mixes another axis (tokens, say) for each unit alike: the units pass by, and its own
+        # outputs stay in place (a tensor carries one permuted axis)
+        _reconcile(w, node, name, None)
+        if name in w.layer_out:
+            union(w, w.layer_out[name], FIXED, node)
+        w.layer_out.setdefault(name, FIXED)
+        return lab
     first = _reconcile(w, node, name, lab)
     g = _layer_out(w, name, mod.out_features)
+    if g == FIXED:
+        return None
     if first:
         if lab is not None:
             add_entry(w, f"{name}.weight", 1, lab.block, lab.group)
