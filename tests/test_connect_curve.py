@@ -150,3 +150,5 @@ def test_bad_settings_are_refused(kwargs):
         train_curve(model, s, {"other": torch.ones(2)}, ONE_BATCH, _returned)
     with pytest.raises(LossmapError):
         train_curve(model, s, s, [], _returned)
+    with pytest.raises(LossmapError):
+        train_curve(model, s, s, ONE_BATCH, lambda out, y: out.reshape(1).expand(3))  # not a scalar

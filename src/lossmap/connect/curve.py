@@ -205,7 +205,10 @@ def _batch_loss(model, kind, ts, a, bend, b, rest, batch, loss_fn, device) -> to
     total = 0.0
     for t in ts:
         out = functional_call(model, {**rest, **_point(kind, float(t), a, bend, b)}, args)
-        total = total + loss_fn(out, y)
+        loss = loss_fn(out, y)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise LossmapError(f"loss_fn returned {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}: return the mean loss as a scalar tensor")
+        total = total + loss
     return total / len(ts)
 
 
