@@ -195,21 +195,43 @@ def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _batch_loss(model, kind, ts, a, bend, b, rest, batch, loss_fn, device) -> torch.Tensor:
+def _batch_loss(model: nn.Module, curve: Curve, rest: Mapping, ts: list[float], batch: Any, loss_fn: Callable) -> torch.Tensor:
+    """The loss on one batch, averaged over the points φ(t) for t in ``ts`` (differentiable in the bend)."""
     try:
         x, y = batch[0], batch[1]
     except (TypeError, IndexError, KeyError) as exc:
         raise LossmapError(f"a batch of the data is {type(batch).__name__}, not (inputs, target): yield pairs") from exc
+    device = next(iter(curve.A.values())).device
     args = tuple(_to(x, device)) if isinstance(x, (tuple, list)) else (_to(x, device),)
     y = _to(y, device)
     total = 0.0
     for t in ts:
-        out = functional_call(model, {**rest, **_point(kind, float(t), a, bend, b)}, args)
+        out = functional_call(model, {**rest, **_point(curve.kind, t, curve.A, curve.bend, curve.B)}, args)
         loss = loss_fn(out, y)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise LossmapError(f"loss_fn returned {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}: return the mean loss as a scalar tensor")
+            raise LossmapError(
+                f"loss_fn returned {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}: "
+                "return the mean loss as a scalar tensor"
+            )
         total = total + loss
     return total / len(ts)
+
+
+def _epoch(model: nn.Module, curve: Curve, rest: Mapping, data: Iterable, loss_fn: Callable,
+           opt: torch.optim.Optimizer, draw: Callable[[], list[float]]) -> float:
+    """One pass over the data, one optimizer step per batch; the mean batch loss."""
+    total, count = 0.0, 0
+    for batch in data:
+        loss = _batch_loss(model, curve, rest, draw(), batch, loss_fn)
+        if not torch.isfinite(loss.detach()):
+            raise LossmapError(f"the curve's training loss became {float(loss.detach())} in epoch {len(curve.losses) + 1}: lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, count = total + float(loss.detach()), count + 1
+    if count == 0:
+        raise LossmapError("the training data yielded no batch: pass a non-empty data set")
+    return total / count
 
 
 def train_curve(
@@ -270,37 +292,26 @@ def train_curve(
     """
     _check_settings(kind, epochs, lr, optimizer, lr_schedule, t_samples)
     a, b, rest = _endpoints(model, state_a, state_b, tensor_filter)
-    device = next(iter(a.values())).device
-    bend = {n: (0.5 * (a[n] + b[n])).requires_grad_(True) for n in a}
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(list(bend.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(list(bend.values()), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed))
-    modes = {m: m.training for m in model.modules()}
-    losses: list[float] = []
-    try:
-        model.train(train_mode)
-        with _seeded_rng(seed, device):
-            for epoch in range(epochs):
-                for group in opt.param_groups:
-                    group["lr"] = lr * _lr_factor(lr_schedule, epoch, epochs)
-                total, count = 0.0, 0
-                for batch in data:
-                    loss = _batch_loss(model, kind, draw_t(t_samples, gen), a, bend, b, rest, batch, loss_fn, device)
-                    if not torch.isfinite(loss.detach()):
-                        raise LossmapError(f"the curve's training loss became {float(loss.detach())} in epoch {epoch + 1}: lower lr")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total, count = total + float(loss.detach()), count + 1
-                if count == 0:
-                    raise LossmapError("the training data yielded no batch: pass a non-empty data set")
-                losses.append(total / count)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     settings = dict(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                     lr_schedule=lr_schedule, t_samples=t_samples, seed=int(seed), train_mode=train_mode,
                     tensor_filter=tensor_filter)
-    return Curve(kind=kind, A=a, B=b, bend={n: t.detach() for n, t in bend.items()}, losses=losses, settings=settings)
+    curve = Curve(kind=kind, A=a, B=b, bend={n: (0.5 * (a[n] + b[n])).requires_grad_(True) for n in a}, settings=settings)
+    params = list(curve.bend.values())
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(int(seed))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.train(train_mode)
+        with _seeded_rng(seed, params[0].device):
+            for epoch in range(epochs):
+                for group in opt.param_groups:
+                    group["lr"] = lr * _lr_factor(lr_schedule, epoch, epochs)
+                curve.losses.append(_epoch(model, curve, rest, data, loss_fn, opt, lambda: draw_t(t_samples, gen)))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    curve.bend = {n: t.detach() for n, t in curve.bend.items()}
+    return curve
