@@ -12,6 +12,8 @@ Importing this package imports neither PyTorch Lightning nor transformers (their
 
 from __future__ import annotations
 
+from .animate import animate
+from .figures import plot_path, plot_path_surface, trajectory_figure
 from .pca import Plane, RunCoordinates, load_origin, plane_axes, select_names, trajectory_plane
 from .record import Recorder, Schedule
 from .run import Checkpoint, Run, load_run
@@ -19,4 +21,5 @@ from .run import Checkpoint, Run, load_run
 __all__ = [
     "Recorder", "Schedule", "load_run", "Run", "Checkpoint",
     "trajectory_plane", "Plane", "RunCoordinates", "plane_axes", "load_origin", "select_names",
+    "plot_path", "plot_path_surface", "trajectory_figure", "animate",
 ]
