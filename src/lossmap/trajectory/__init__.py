@@ -1,6 +1,6 @@
 """Training trajectories: record a run, find the plane it lives in, draw and animate its path.
 
->>> rec = Recorder("runs/sgd", schedule=Schedule.log(1, 5000, 50))         # in the training loop:
+>>> rec = Recorder("runs/sgd", schedule=Schedule.log(1, 5000, 50))         # doctest: +SKIP
 >>> rec.save(model, step=step, loss=loss, lr=lr)                           # doctest: +SKIP
 >>> plane = trajectory_plane("runs/sgd")                                   # doctest: +SKIP
 >>> x, y = plane_axes(plane, points=41)                                    # doctest: +SKIP

@@ -1,7 +1,8 @@
 """Record a run from PyTorch Lightning's or Hugging Face's ``Trainer``.
 
 >>> trainer = lightning.Trainer(callbacks=[LightningCallback("runs/sgd", schedule=Schedule.every(10))])  # doctest: +SKIP
->>> trainer = transformers.Trainer(..., callbacks=[HFCallback("runs/adamw", schedule=Schedule.log(1, 5000, 50))])  # doctest: +SKIP
+>>> cb = HFCallback("runs/adamw", schedule=Schedule.log(1, 5000, 50))  # doctest: +SKIP
+>>> trainer = transformers.Trainer(..., callbacks=[cb])  # doctest: +SKIP
 
 Importing this module imports neither framework. Each class finds its framework's callback base class
 when it is instantiated (``lightning.pytorch.Callback``, else ``pytorch_lightning.Callback``;
@@ -174,16 +175,19 @@ class HFCallback(_FrameworkCallback):
             return
         self.recorder.save(model, step=step, epoch=state.epoch, lr=_lr(optimizer), force=force)
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
         self._save(state, model, optimizer)
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                    **kwargs: Any) -> None:
         self._save(state, model, optimizer)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if logs and "loss" in logs and state.is_world_process_zero:
             self.recorder.amend(int(state.global_step), loss=float(logs["loss"]))
 
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                     **kwargs: Any) -> None:
         if self.final:
             self._save(state, model, optimizer, force=True)

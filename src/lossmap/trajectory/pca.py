@@ -5,9 +5,9 @@ dᵢ = θᵢ − θ_o over the selected tensors. The plane is spanned by the top
 *uncentred* second-moment operator Σᵢ dᵢdᵢᵀ — the offsets exactly as they are plotted around the
 origin — found from the M × M Gram matrix Gᵢⱼ = ⟨dᵢ, dⱼ⟩:
 
-1. **Gram pass.** Every tensor is read in flat pieces, the same piece from all M files at once (an
-   M × k block, k ≈ ``chunk_values`` / M), and G += DDᵀ in float64. Memory: the block, G (M × M) and
-   one copy of the origin; never M × P.
+1. **Gram pass** (:mod:`lossmap.trajectory.passes`). Every tensor is read in flat pieces, the same
+   piece from all M files at once (an M × k block, k ≈ ``chunk_values`` / M), and G += DDᵀ in
+   float64. Memory: the block, G (M × M) and one copy of the origin; never M × P.
 2. **Eigendecomposition** G = VΛVᵀ (λ₁ ≥ λ₂ ≥ …). The directions are uₖ = Σᵢ Vᵢₖ dᵢ / σₖ with
    σₖ = √λₖ: orthonormal.
 3. **Direction pass.** The files are read again, piece by piece, to form u₁, u₂ (in the checkpoints'
@@ -38,10 +38,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,13 +49,12 @@ from torch import nn
 from ..directions import Directions
 from ..errors import LossmapError
 from ..space import _patterns, tensor_hash
-from .run import FLOAT_DTYPES, Header, Run, as_runs, read_header, read_piece
+from .passes import CHUNK_VALUES, Origin, direction_pass, gram_pass
+from .run import FLOAT_DTYPES, Run, as_runs, read_header
 
-__all__ = ["Plane", "RunCoordinates", "trajectory_plane", "select_names", "plane_axes", "load_origin", "CHUNK_VALUES"]
+__all__ = ["Plane", "RunCoordinates", "trajectory_plane", "select_names", "plane_axes", "load_origin", "CHUNK_VALUES",
+           "ORIGINS"]
 
-#: values in one block of pieces (M checkpoints × k values): 16 MiB in float64
-CHUNK_VALUES = 1 << 21
-_MIN_PIECE = 1024
 ORIGINS = ("final", "initial", "mean")
 
 
@@ -128,148 +126,22 @@ def select_names(run: Run, include_buffers: bool = False, tensor_filter: str | S
 
 
 # --------------------------------------------------------------------------------------------------------
-# the two passes over the files
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Origin:
-    kind: str  # "row" (one of the checkpoints), "mean" or "given"
-    row: int = -1
-    given: Mapping[str, torch.Tensor] | None = None
-
-
-def _ranges(numel: int, k: int):
-    for lo in range(0, numel, k):
-        yield lo, min(lo + k, numel)
-
-
-def _block(files: list[BinaryIO], headers: list[Header], name: str, lo: int, hi: int, flat: torch.Tensor,
-           buf: torch.Tensor) -> torch.Tensor:
-    """The values lo:hi of ``name`` from every file, as a contiguous float64 (M, hi − lo) block."""
-    block = flat[: len(files) * (hi - lo)].view(len(files), hi - lo)
-    rows = block.numpy()
-    for i, (fh, h) in enumerate(zip(files, headers)):
-        piece = read_piece(fh, h, name, lo, hi, buf)
-        if piece.dtype == torch.bfloat16:  # no numpy dtype
-            block[i].copy_(piece)
-        else:  # numpy converts one row ~20× faster than torch's threaded copy_ on a busy machine
-            np.copyto(rows[i], piece.numpy())
-    return block
-
-
-def _origin_values(origin: _Origin, rows: np.ndarray, name: str, lo: int, hi: int) -> np.ndarray:
-    """θ_o's values lo:hi in float64, before rounding to the checkpoints' dtype."""
-    if origin.kind == "row":
-        return rows[origin.row]
-    if origin.kind == "mean":
-        return rows.mean(axis=0)
-    return _load(origin.given[name].reshape(-1)[lo:hi])
-
-
-# Element-wise work on the pieces is done with numpy (one thread): torch's threaded kernels on
-# vectors of this size were up to 20× slower on a busy 2-core machine. Matrix products stay in torch.
-
-
-def _load(t: torch.Tensor) -> np.ndarray:
-    """A float64 copy of a 1-D CPU tensor."""
-    return t.double().numpy() if t.dtype == torch.bfloat16 else t.numpy().astype(np.float64)
-
-
-def _store(dst: torch.Tensor, values: np.ndarray) -> None:
-    """``dst[:] = values``, rounded (to nearest) to ``dst``'s dtype."""
-    if dst.dtype == torch.bfloat16:
-        dst.copy_(torch.from_numpy(np.ascontiguousarray(values)))
-    else:
-        np.copyto(dst.numpy(), values, casting="unsafe")
-
-
-def _buffers(paths: list[Path], headers: list[Header], names: list[str], chunk_values: int):
-    """The piece length k, a float64 block buffer (M·k values) and a byte buffer (one piece) for one pass."""
-    M = len(paths)
-    k = max(_MIN_PIECE, chunk_values // M)
-    k = min(k, max(headers[0].tensors[n].numel for n in names))
-    flat = torch.empty(M * k, dtype=torch.float64)
-    buf = torch.empty(k * 8, dtype=torch.uint8)
-    return k, flat, buf
-
-
-def _open(stack: ExitStack, paths: list[Path]) -> list[BinaryIO]:
-    try:
-        return [stack.enter_context(open(p, "rb", buffering=0)) for p in paths]
-    except OSError as exc:
-        raise LossmapError(f"cannot open the checkpoints ({exc}): check the run folder; a very long run may need a "
-                           "higher open-file limit (ulimit -n)") from exc
-
-
-def gram_pass(paths: list[Path], headers: list[Header], names: list[str], origin: _Origin,
-              chunk_values: int = CHUNK_VALUES) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-    """G (M × M, float64) of the offsets from the origin, and the origin's tensors (checkpoint dtype)."""
-    k, flat, buf = _buffers(paths, headers, names, chunk_values)
-    M = len(paths)
-    G = torch.zeros(M, M, dtype=torch.float64)
-    origin_tensors: dict[str, torch.Tensor] = {}
-    with ExitStack() as stack:
-        files = _open(stack, paths)
-        for name in names:
-            info = headers[0].tensors[name]
-            out = torch.empty(info.shape, dtype=FLOAT_DTYPES[info.dtype])
-            for lo, hi in _ranges(info.numel, k):
-                block = _block(files, headers, name, lo, hi, flat, buf)
-                rows, piece = block.numpy(), out.view(-1)[lo:hi]
-                _store(piece, _origin_values(origin, rows, name, lo, hi))
-                np.subtract(rows, _load(piece), out=rows)  # θ_o as the model holds it (in its dtype)
-                G.addmm_(block, block.T)
-            origin_tensors[name] = out
-    G = (G + G.T) / 2  # exact products are symmetric; this removes the rounding of the two halves
-    return G.numpy(), origin_tensors
-
-
-def direction_pass(paths: list[Path], headers: list[Header], names: list[str], origin_tensors: dict[str, torch.Tensor],
-                   weights: np.ndarray, coords: np.ndarray, chunk_values: int = CHUNK_VALUES
-                   ) -> tuple[list[dict[str, torch.Tensor]], np.ndarray]:
-    """uₖ = Σᵢ weights[i, k]·dᵢ (in the checkpoints' dtype) and Σ over pieces of ‖dᵢ − Σₖ coords[i, k]·uₖ‖²."""
-    k, flat, buf = _buffers(paths, headers, names, chunk_values)
-    W = torch.from_numpy(np.ascontiguousarray(weights.T))  # (2, M)
-    C = torch.from_numpy(np.ascontiguousarray(coords))  # (M, 2)
-    dirs: list[dict[str, torch.Tensor]] = [{}, {}]
-    remainder = np.zeros(len(paths))
-    with ExitStack() as stack:
-        files = _open(stack, paths)
-        for name in names:
-            info = headers[0].tensors[name]
-            u = [torch.empty(info.shape, dtype=FLOAT_DTYPES[info.dtype]) for _ in range(2)]
-            origin_flat = origin_tensors[name].reshape(-1)
-            for lo, hi in _ranges(info.numel, k):
-                block = _block(files, headers, name, lo, hi, flat, buf)
-                rows = block.numpy()
-                np.subtract(rows, _load(origin_flat[lo:hi]), out=rows)
-                U = W @ block  # (2, n) float64
-                _store(u[0].view(-1)[lo:hi], U[0].numpy())
-                _store(u[1].view(-1)[lo:hi], U[1].numpy())
-                block.addmm_(C, U, alpha=-1.0)  # the off-plane part of every offset
-                remainder += np.einsum("ij,ij->i", rows, rows)
-            dirs[0][name], dirs[1][name] = u
-    return dirs, remainder
-
-
-# --------------------------------------------------------------------------------------------------------
 # the plane
 # --------------------------------------------------------------------------------------------------------
 
 
-def _resolve_origin(origin: Any, runs: list[Run], names: list[str]) -> tuple[_Origin, str, Path | None, str]:
+def _resolve_origin(origin: Any, runs: list[Run], names: list[str]) -> tuple[Origin, str, Path | None, str]:
     """The origin as a pass understands it, its label, its checkpoint file, and its kind's name."""
     first = runs[0]
     if isinstance(origin, str):
         if origin == "final":
             c = first.checkpoints[-1]
-            return _Origin("row", row=len(first) - 1), f"final checkpoint of {first.folder.name} (step {c.step})", c.path, "final"
+            return Origin("row", row=len(first) - 1), f"final checkpoint of {first.folder.name} (step {c.step})", c.path, "final"
         if origin == "initial":
             c = first.checkpoints[0]
-            return _Origin("row", row=0), f"initial checkpoint of {first.folder.name} (step {c.step})", c.path, "initial"
+            return Origin("row", row=0), f"initial checkpoint of {first.folder.name} (step {c.step})", c.path, "initial"
         if origin == "mean":
-            return _Origin("mean"), f"mean of {sum(len(r) for r in runs)} checkpoints", None, "mean"
+            return Origin("mean"), f"mean of {sum(len(r) for r in runs)} checkpoints", None, "mean"
         raise LossmapError(f"origin {origin!r} is unknown: choose final, initial, mean, or pass a state dict")
     if isinstance(origin, nn.Module):
         origin = origin.state_dict()
@@ -283,13 +155,13 @@ def _resolve_origin(origin: Any, runs: list[Run], names: list[str]) -> tuple[_Or
         raise LossmapError(f"origin state does not fit the run: {n} is {got}, the checkpoints have "
                            f"{first.tensors[n].shape}; pass a state of the same architecture")
     given = {n: origin[n].detach().cpu() for n in names}
-    return _Origin("given", given=given), "given state", None, "given"
+    return Origin("given", given=given), "given state", None, "given"
 
 
-def _orient(V: np.ndarray, C: np.ndarray, first: int, last: int) -> np.ndarray:
+def _orient(C: np.ndarray, first: int, last: int) -> np.ndarray:
     """Signs s (±1 per axis) such that the first run moves towards + (see the module docstring)."""
-    signs = np.ones(V.shape[1])
-    for k in range(V.shape[1]):
+    signs = np.ones(C.shape[1])
+    for k in range(C.shape[1]):
         scale = float(np.abs(C[:, k]).max())
         delta = float(C[last, k] - C[first, k])
         if abs(delta) > 1e-9 * scale:
@@ -353,45 +225,55 @@ def trajectory_plane(runs: Run | str | Path | Sequence[Run | str | Path], origin
     paths = [p for r in runs for p in r.paths]
     headers = [read_header(p) for p in paths]
     G, origin_tensors = gram_pass(paths, headers, names, spec, chunk_values)
+    lam, V = _eigen(G, origin_label)
+    C = V[:, :2] * np.sqrt(lam[:2])
+    signs = _orient(C, 0, len(runs[0]) - 1)
+    C, W = C * signs, V[:, :2] * signs / np.sqrt(lam[:2])
+    dirs, remainder = direction_pass(paths, headers, names, origin_tensors, W, C, chunk_values)
+    norms = np.sqrt(np.clip(np.diag(G), 0, None))
+    residuals = np.where(norms > 0, np.sqrt(np.clip(remainder, 0, None)) / np.where(norms > 0, norms, 1.0), 0.0)
+    total_var = float(np.clip(lam, 0, None).sum())
+    share = np.clip(lam[:2], 0, None) / total_var
+    directions = Directions(
+        tensors=dirs, kind="trajectory", normalization="none", bias_policy="keep", orthogonalized=True,
+        include_buffers=include_buffers, tensor_filter=_filter_text(tensor_filter),
+        labels=[f"PC1 ({100 * share[0]:.1f} %)", f"PC2 ({100 * share[1]:.1f} %)"],
+        origin_sha256=tensor_hash(origin_tensors),
+    )
+    return Plane(directions, _per_run(runs, C, residuals, norms, labels), kind, origin_label, origin_path,
+                 origin_tensors, origin_path or runs[0].checkpoints[-1].path, lam, float(share.sum()), names)
 
+
+def _eigen(G: np.ndarray, origin_label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors of G; raises unless the offsets span a plane."""
     lam, V = np.linalg.eigh(G)
     order = np.argsort(lam)[::-1]
     lam, V = lam[order], V[:, order]
-    total_var = float(np.clip(lam, 0, None).sum())
-    if total_var <= 0:
+    if lam[0] <= 0:
         raise LossmapError(f"every checkpoint equals the origin ({origin_label}): the run did not move; check that the "
                            "recorder saved the trained model")
     if lam[1] <= 1e-12 * lam[0]:
         raise LossmapError("the checkpoints' offsets from the origin lie on one line: there is no plane; use a 1-D "
                            "interpolation (lossmap interpolate) or another origin")
-    sigma = np.sqrt(lam[:2])
-    C = V[:, :2] * sigma
-    signs = _orient(V[:, :2], C, 0, len(runs[0]) - 1)
-    C, W = C * signs, V[:, :2] * signs / sigma
-    dirs, remainder = direction_pass(paths, headers, names, origin_tensors, W, C, chunk_values)
+    return lam, V
 
-    norms = np.sqrt(np.clip(np.diag(G), 0, None))
-    residuals = np.where(norms > 0, np.sqrt(np.clip(remainder, 0, None)) / np.where(norms > 0, norms, 1.0), 0.0)
-    share = np.clip(lam[:2], 0, None) / total_var
-    directions = Directions(
-        tensors=dirs, kind="trajectory", normalization="none", bias_policy="keep", orthogonalized=True,
-        include_buffers=include_buffers, tensor_filter=None if tensor_filter is None else
-        (tensor_filter if isinstance(tensor_filter, str) else ",".join(tensor_filter)),
-        labels=[f"PC1 ({100 * share[0]:.1f} %)", f"PC2 ({100 * share[1]:.1f} %)"],
-        origin_sha256=tensor_hash(origin_tensors),
-    )
-    per_run, start = [], 0
+
+def _filter_text(tensor_filter: str | Sequence[str] | None) -> str | None:
+    return tensor_filter if tensor_filter is None or isinstance(tensor_filter, str) else ",".join(tensor_filter)
+
+
+def _per_run(runs: list[Run], C: np.ndarray, residuals: np.ndarray, norms: np.ndarray,
+             labels: Sequence[str] | None) -> list[RunCoordinates]:
+    out, start = [], 0
     for i, r in enumerate(runs):
         sl = slice(start, start + len(r))
-        per_run.append(RunCoordinates(
+        out.append(RunCoordinates(
             folder=r.folder, steps=r.steps, coords=C[sl].copy(), residuals=residuals[sl].copy(),
             distances=norms[sl].copy(), epochs=_field(r, "epoch"), lrs=_field(r, "lr"), losses=_field(r, "loss"),
             label=labels[i] if labels is not None and i < len(labels) else r.folder.name,
         ))
         start += len(r)
-    return Plane(directions, per_run, kind, origin_label, origin_path, origin_tensors,
-                 origin_path or runs[0].checkpoints[-1].path, lam,
-                 float((max(lam[0], 0) + max(lam[1], 0)) / total_var), names)
+    return out
 
 
 def plane_axes(plane_or_coords: Plane | np.ndarray | Sequence[np.ndarray], points: int | tuple[int, int] = 51,

@@ -199,7 +199,8 @@ def read_piece(fh: BinaryIO, header: Header, name: str, lo: int, hi: int, buf: t
     while done < nbytes:
         got = fh.readinto(mem[done:])
         if not got:
-            raise LossmapError(f"checkpoint {str(header.path)!r} ends early while reading {name!r}: it was truncated; save it again")
+            raise LossmapError(f"checkpoint {str(header.path)!r} ends early while reading {name!r}: it was truncated; "
+                               "save it again")
         done += got
     return view.view(dtype)
 
@@ -227,7 +228,8 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
             if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not isinstance(e.get("step"), int):
                 raise ValueError(f"entry {str(e)[:80]} needs an integer 'step' and a 'file'")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LossmapError(f"manifest {str(path)!r} is damaged ({exc}): restore it from a backup or record the run again") from exc
+        raise LossmapError(f"manifest {str(path)!r} is damaged ({exc}): restore it from a backup or record the run "
+                           "again") from exc
     return entries
 
 
@@ -277,7 +279,8 @@ def load_run(folder: str | Path, min_checkpoints: int = 1) -> Run:
         raise LossmapError(f"run folder {str(folder)!r} has no {MANIFEST}: record the run with lossmap.trajectory.Recorder")
     entries = read_manifest(folder)
     if not entries:
-        raise LossmapError(f"manifest of run {str(folder)!r} lists no checkpoints: record at least {max(min_checkpoints, 1)} steps")
+        raise LossmapError(f"manifest of run {str(folder)!r} lists no checkpoints: record at least "
+                           f"{max(min_checkpoints, 1)} steps")
     checkpoints = sorted((_checkpoint(folder, e) for e in entries), key=lambda c: c.step)
     for a, b in zip(checkpoints, checkpoints[1:]):
         if a.step == b.step:
