@@ -176,6 +176,9 @@ def test_a_failed_write_leaves_the_previous_manifest_and_no_temporary(tmp_path, 
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     run = load_run(tmp_path / "run")  # the checkpoint of step 2 is on disk but not listed: still a valid run
     np.testing.assert_array_equal(run.steps, [0, 1])
+    assert rec.due(2) and rec.save(model, step=2) is not None  # the failed save left the recorder as it was
+    np.testing.assert_array_equal(load_run(tmp_path / "run").steps, [0, 1, 2])
+    before = (tmp_path / "run" / MANIFEST).read_bytes()
 
     def fail_on_checkpoint(src, dst, *a, **k):
         raise OSError("disk full")

@@ -191,6 +191,7 @@ class Recorder:
         except OSError as exc:
             raise LossmapError(f"cannot create run folder {str(self.folder)!r}: {exc}") from exc
         self.entries: list[dict[str, Any]] = read_manifest(self.folder)
+        self._recorded = {e["step"] for e in self.entries}
         if self.entries and not resume:
             raise LossmapError(f"run folder {str(self.folder)!r} already holds a run of {len(self.entries)} checkpoints: "
                                "choose a new folder, or pass resume=True to continue it")
@@ -202,7 +203,7 @@ class Recorder:
 
     def due(self, step: int) -> bool:
         """Whether :meth:`save` at ``step`` would write (on the schedule and not yet recorded)."""
-        return self.schedule.wants(int(step)) and all(e["step"] != step for e in self.entries)
+        return self.schedule.wants(int(step)) and int(step) not in self._recorded
 
     def save(self, model: nn.Module, step: int, epoch: float | None = None, lr: float | None = None,
              loss: float | torch.Tensor | None = None, force: bool = False, **scalars: Any) -> Path | None:
@@ -220,7 +221,7 @@ class Recorder:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise LossmapError(f"step {step!r} is not a whole number >= 0: pass the optimizer step count")
         step = int(step)
-        if not (force or self.schedule.wants(step)) or any(e["step"] == step for e in self.entries):
+        if not (force or self.schedule.wants(step)) or step in self._recorded:
             return None
         entry = {"step": step, "file": checkpoint_name(step), "epoch": _number("epoch", epoch),
                  "lr": _number("lr", lr), "loss": _number("loss", loss), "time": time.time(),
@@ -232,22 +233,25 @@ class Recorder:
                 "parameters": json.dumps(params), "model_filter": filt or ""}
         path = self.folder / entry["file"]
         write_checkpoint(path, state, meta)
+        write_manifest(self.folder, self.entries + [entry])
         self.entries.append(entry)
-        write_manifest(self.folder, self.entries)
+        self._recorded.add(step)
         return path
 
     def amend(self, step: int, **values: Any) -> bool:
         """Add or replace fields of the entry of an already recorded ``step`` (``loss``, ``lr``, ``epoch``
         or further scalars), e.g. a loss that is logged after the checkpoint was taken.
         Returns False (and writes nothing) when ``step`` was not recorded."""
-        entry = next((e for e in self.entries if e["step"] == step), None)
-        if entry is None:
+        if step not in self._recorded:
             return False
+        i = next(i for i, e in enumerate(self.entries) if e["step"] == step)
+        entry = dict(self.entries[i], scalars=dict(self.entries[i].get("scalars") or {}))
         for key, value in values.items():
             if key in ("loss", "lr", "epoch"):
                 entry[key] = _number(key, value)
             else:
-                entry.setdefault("scalars", {})[key] = _scalar(key, value)
-        write_manifest(self.folder, self.entries)
+                entry["scalars"][key] = _scalar(key, value)
+        write_manifest(self.folder, self.entries[:i] + [entry] + self.entries[i + 1 :])
+        self.entries[i] = entry
         return True
 
