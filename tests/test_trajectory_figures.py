@@ -11,7 +11,7 @@ import xarray as xr
 from matplotlib import colors as mcolors
 
 from lossmap.errors import LossmapError
-from lossmap.trajectory.animate import animate, find_ffmpeg, frame_steps
+from lossmap.trajectory.animation import animate, find_ffmpeg, frame_steps
 from lossmap.trajectory.figures import plot_path, plot_path_surface, trajectory_figure
 
 

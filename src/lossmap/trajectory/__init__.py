@@ -12,7 +12,7 @@ Importing this package imports neither PyTorch Lightning nor transformers (their
 
 from __future__ import annotations
 
-from .animate import animate
+from .animation import animate
 from .figures import plot_path, plot_path_surface, trajectory_figure
 from .pca import Plane, RunCoordinates, load_origin, plane_axes, select_names, trajectory_plane
 from .record import Recorder, Schedule
