@@ -122,14 +122,14 @@ def test_compare_refuses_bad_arguments_with_one_line(files, tmp_path, capsys):
     _fails(capsys, ["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--levels", "1"], "--levels 1")
     _fails(capsys, ["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--metric", "acuracy"], "acuracy")
     out.write_bytes(b"old")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out)], "exists", "--overwrite")
     html = tmp_path / "c.html"
     html.write_text("old")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(tmp_path / "d.png"),
-                    "--html", str(html)], "c.html", "--overwrite")
-    assert out.read_bytes() == b"old" and html.read_text() == "old" and not (tmp_path / "d.png").exists()
-    assert main(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--overwrite"]) == 0
-    assert _png_size(out)[0] > 100
+    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--html", str(html),
+                    "--metric", "nope"], "'nope'")
+    assert out.read_bytes() == b"old" and html.read_text() == "old"  # a refused run leaves them alone
+    # figures and pages are made from the landscape files, so existing ones are replaced
+    assert main(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--html", str(html)]) == 0
+    assert _png_size(out)[0] > 100 and "plotly" in html.read_text(encoding="utf-8")
 
 
 def test_compare_notes_different_normalization_but_still_draws(tmp_path, capsys):

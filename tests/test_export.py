@@ -143,13 +143,12 @@ def test_cli_export_writes_mesh_and_refuses_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("lossmap: error:") and needle in err, err
 
-    fails(["export", str(nc), "--format", "ply", "--out", str(out)], "--overwrite")
     fails(["export", str(tmp_path / "none.nc"), "--out", str(tmp_path / "x.vtk")], "does not exist")
     fails(["export", str(nc), "--out", str(tmp_path / "x.vtk"), "--metric", "nope"], "'nope'")
     fails(["export", str(nc), "--out", str(tmp_path / "x.abc")], "--format")
     assert main(["export", str(nc), "--format", "obj", "--zmax", "1", "--out", str(out.with_suffix(".obj"))]) == 0
     assert read(out.with_suffix(".obj")).points[:, 2].max() == 1.0
-    assert main(["export", str(nc), "--format", "ply", "--out", str(out), "--overwrite", "--zscale", "0.5"]) == 0
+    assert main(["export", str(nc), "--format", "ply", "--out", str(out), "--zscale", "0.5"]) == 0  # replaced
     np.testing.assert_allclose(read(out).points[:, 2], 0.5 * landscape().loss.values.ravel(), rtol=1e-6)
     fails(["export", str(nc), "--out", str(tmp_path / "z.vtk"), "--zscale", "0"], "z scale")
 

@@ -368,7 +368,7 @@ def test_compare_rejects_different_grids_and_metrics():
     with pytest.raises(LossmapError, match="different y grid"):
         plot_compare([a, c])
     d = bowl().drop_vars("accuracy")
-    with pytest.raises(LossmapError, match="no metric 'accuracy'"):
+    with pytest.raises(LossmapError, match="metric 'accuracy' is not in landscape 2 \(it has loss\)"):
         plot_compare([a, d], metric="accuracy")
     with pytest.raises(LossmapError, match="same kind"):
         plot_compare([a, interpolation()])
@@ -393,7 +393,7 @@ def test_all_nan_metric_is_a_clear_error(draw):
 
 
 def test_user_errors():
-    with pytest.raises(LossmapError, match="choose one of: loss, accuracy"):
+    with pytest.raises(LossmapError, match=r"metric .los. is not in the landscape \(it has loss, accuracy\)"):
         plot_contour(bowl(), metric="los")
     with pytest.raises(LossmapError, match="2-D landscape"):
         plot_heatmap(interpolation())

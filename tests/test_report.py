@@ -245,15 +245,14 @@ def test_cli_report_refuses_bad_input_with_one_line(tmp_path, capsys):
     ds = landscape(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5))
     f = store.save(ds, tmp_path / "a.nc")
     out = tmp_path / "r.html"
-    out.write_text("keep me")
-    _fails(capsys, ["report", str(f), "--out", str(out)], "--overwrite")
-    assert out.read_text() == "keep me"
+    out.write_text("an older report")
     _fails(capsys, ["report", str(tmp_path / "missing.nc"), "--out", str(tmp_path / "n.html")], "does not exist")
     (tmp_path / "junk.nc").write_bytes(b"not a landscape")
     _fails(capsys, ["report", str(tmp_path / "junk.nc"), "--out", str(tmp_path / "n.html")], "junk.nc")
     _fails(capsys, ["report", str(f), "--out", str(tmp_path / "n.html"), "--metric", "nope"], "'nope'")
     _fails(capsys, ["report", str(f), "--out", str(tmp_path / "n.html"), "--titles", "a", "b"], "--titles")
-    assert main(["report", str(f), "--out", str(out), "--overwrite"]) == 0
+    assert out.read_text() == "an older report"  # refused runs leave it alone
+    assert main(["report", str(f), "--out", str(out)]) == 0  # a report is made from files: it is replaced
     assert "plotly.js v" in out.read_text(encoding="utf-8")
 
 

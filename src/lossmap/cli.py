@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from . import __version__
@@ -37,12 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Warnings(logging.Handler):
+    """The library's warnings (a fast path not taken, statistics that turn negative, …) as one stderr line each."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"lossmap: warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    log = logging.getLogger("lossmap")
+    handler = _Warnings() if not log.handlers else None
+    if handler is not None:
+        log.addHandler(handler)
     try:
         return int(args.func(args) or 0)
     except LossmapError as exc:
@@ -51,7 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # compute() says how many points it saved
         print(f"lossmap: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+
+
+def entry() -> None:
+    """The ``lossmap`` program: it owns its process, so it keeps activation buffers in glibc's heap
+    (:func:`lossmap.tune_allocator`; ``LOSSMAP_MALLOC=0`` leaves the allocator alone), then runs :func:`main`."""
+    from ._alloc import tune
+
+    tune()
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

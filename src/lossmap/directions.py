@@ -19,6 +19,7 @@ normalization ``filter`` and ``keep`` both mean "included in the whole-vector re
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from dataclasses import dataclass, field
@@ -96,6 +97,13 @@ class Directions:
     @property
     def count(self) -> int:
         return len(self.tensors)
+
+    def __repr__(self) -> str:
+        values = sum(t.numel() for t in self.tensors[0].values()) if self.tensors else 0
+        seed = "" if self.seed is None else f", seed={self.seed}"
+        return (f"Directions(kind={self.kind!r}, count={self.count}, tensors={len(self.names) if self.tensors else 0} "
+                f"({values:,} values each){seed}, normalization={self.normalization!r}, bias={self.bias_policy!r}"
+                f"{', buffers' if self.include_buffers else ''})")
 
     @property
     def names(self) -> list[str]:
@@ -258,9 +266,12 @@ def _normalize_(
 
 
 def _origin_of(model_or_state: nn.Module | Mapping[str, torch.Tensor], include_buffers: bool, tensor_filter) -> dict[str, torch.Tensor]:
+    """The tensors that move: a model's selection, or a state dict's floating-point tensors (matching the filter)."""
     if isinstance(model_or_state, nn.Module):
         return {n: t.detach() for n, t in select_tensors(model_or_state, include_buffers, tensor_filter).items()}
-    return dict(model_or_state)
+    patterns = [p.strip() for p in tensor_filter.split(",")] if isinstance(tensor_filter, str) else list(tensor_filter or [])
+    return {n: t for n, t in model_or_state.items() if t.is_floating_point()
+            and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns))}
 
 
 def random_directions(
@@ -323,13 +334,15 @@ def target_directions(
     a: nn.Module | Mapping[str, torch.Tensor],
     b: nn.Module | Mapping[str, torch.Tensor],
     c: nn.Module | Mapping[str, torch.Tensor] | None = None,
-    include_buffers: bool = False,
+    include_buffers: bool = True,
     tensor_filter: str | None = None,
     names: Sequence[str] = ("A", "B", "C"),
 ) -> Directions:
     """Directions through two or three models, with A as the origin.
 
-    Two models: d0 = B − A (α = 0 is A, α = 1 is B). Three models: the plane through A, B, C with
+    Every floating-point tensor that differs between the models moves — batch-norm running statistics
+    included (``include_buffers``, the "states" directions of Li et al.) — so that α = 0 is A and α = 1 is B
+    exactly, in evaluation mode too. Two models: d0 = B − A (α = 0 is A, α = 1 is B). Three models: the plane through A, B, C with
     d0 = B − A and d1 = the Gram–Schmidt residual of C − A against d0, rescaled to ‖B − A‖, so the
     plane's coordinates are isometric (one unit = ‖B − A‖ on both axes) and equal-aspect plots are
     true to distance. ``markers`` gives each model's exact coordinates: A (0, 0), B (1, 0), C (t, s).

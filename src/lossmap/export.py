@@ -103,16 +103,12 @@ def export_mesh(
         raise LossmapError(f"mesh format {format!r} is not supported: choose one of {', '.join(FORMATS)}")
     if "y" not in ds.dims:
         raise LossmapError("a mesh needs a 2-D landscape but this one is 1-D: use 'lossmap plot' for curves")
-    if metric not in ds.data_vars:
-        raise LossmapError(
-            f"metric {metric!r} is not in the landscape (it has {sorted(map(str, ds.data_vars))}): choose one of those"
-        )
+    store.require_metric(ds, metric)
     if ds.sizes["x"] < 2 or ds.sizes["y"] < 2:
         raise LossmapError(
             f"a mesh needs at least 2 points per axis, the grid is {ds.sizes['x']}×{ds.sizes['y']}: compute a larger grid"
         )
-    if not path.parent.is_dir():
-        raise LossmapError(f"output folder {str(path.parent)!r} does not exist: create it or choose another --out")
+    store.check_output(path, "landscape.vtu")
 
     if not (np.isfinite(z_scale) and z_scale != 0):
         raise LossmapError(f"z scale {z_scale!r} must be a finite, non-zero number")

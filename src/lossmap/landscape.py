@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import threading
@@ -190,8 +191,27 @@ def resolve_origin(
     if directions.kind == "target" and directions.origin_sha256 and directions.origin_sha256 != theta0_hash:
         raise LossmapError("the model's parameters are not the origin model A of these target directions: load A's checkpoint into the model")
     moved = [n for n in live if any(bool(d[n].any()) for d in directions.tensors[: grid.ndim])]
+    _warn_negative_variances(live, directions, grid, moved)
     n_params = sum(p.numel() for p in model.parameters())
     return Origin(directions, live, theta0_hash, int(n_params), moved)
+
+
+def _warn_negative_variances(live: Mapping[str, torch.Tensor], directions: Directions, grid: Grid, moved: list[str]) -> None:
+    """Moved batch-norm running variances that turn negative inside the grid (extrapolating an interpolation
+    beyond its models) make the loss NaN there: say where, once."""
+    names = [n for n in moved if n.endswith("running_var")]
+    axes = [grid.x] + ([grid.y] if grid.y is not None else [])
+    bad = []
+    for corner in itertools.product(*[(float(a[0]), float(a[-1])) for a in axes]):
+        for n in names:
+            value = live[n].detach().double() + sum(c * d[n].double() for c, d in zip(corner, directions.tensors))
+            if bool((value < 0).any()):
+                bad.append(corner)
+                break
+    if bad:
+        where = ", ".join("(" + ", ".join(f"{c:g}" for c in corner) + ")" for corner in bad)
+        log.warning("batch-norm running variances are negative at the grid corner(s) %s: the loss is NaN where they are; "
+                    "keep the grid nearer the models or use bn='recompute' (--bn recompute)", where)
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

@@ -51,15 +51,25 @@ KEYS = (
 
 
 def _metric_array(ds: xr.Dataset, metric: str) -> np.ndarray:
-    if metric not in ds.data_vars:
-        raise LossmapError(
-            f"metric {metric!r} is not in the landscape (it has {sorted(map(str, ds.data_vars))}): choose one of those"
-        )
+    from .store import require_metric
+
+    require_metric(ds, metric)
     var = ds[metric]
     dims = ("x", "y") if "y" in var.dims else ("x",)
     if set(var.dims) != set(dims):
         raise LossmapError(f"metric {metric!r} has dims {var.dims}, expected {dims}: the landscape is damaged")
     return np.asarray(var.transpose(*dims).values, dtype=np.float64)
+
+
+def _model_markers(ds: xr.Dataset) -> dict[str, list[float]]:
+    """The models a landscape passes through (target directions), or {} for a slice around a point."""
+    from .store import meta
+
+    m = meta(ds)
+    markers = m.get("markers")
+    if m.get("directions_kind") != "target" or not isinstance(markers, dict) or len(markers) < 2:
+        return {}
+    return {str(k): list(v) for k, v in markers.items()}
 
 
 def _rise_radius(coords: np.ndarray, values: np.ndarray, start: int, step: int, threshold: float) -> float:
@@ -87,8 +97,23 @@ def summarize(
     Returns a flat dict: ``metric``, ``centre_x`` (``centre_y``), ``centre``, ``min``, ``max``,
     ``argmin_x`` (``argmin_y``), ``rise``, ``rise_radius_xpos``, ``rise_radius_xneg`` (``…_ypos``,
     ``…_yneg``), ``ball_radius``, ``ball_mean_increase``, ``ball_points``. Keys with ``y`` only for 2-D.
+    A landscape through models (an interpolation, the plane through three models) gets the numbers of
+    :mod:`lossmap.path_stats` instead: the metric at each model and what lies between them.
+
+    Example:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.stats import summarize
+        >>> x = np.linspace(-1, 1, 21)
+        >>> ds = xr.Dataset({"loss": ("x", 1 + x**2)}, coords={"x": x}, attrs={"metrics": '["loss"]'})
+        >>> round(summarize(ds)["rise_radius_xpos"], 3)   # 1 + x² passes 1.2 at √0.2 = 0.447; linear between grid points
+        0.444
     """
     z = _metric_array(ds, metric)
+    markers = _model_markers(ds)
+    if markers:
+        from .path_stats import summarize_path
+
+        return summarize_path(ds, z, markers, metric)
     two_d = z.ndim == 2
     xs = np.asarray(ds["x"].values, dtype=np.float64)
     ys = np.asarray(ds["y"].values, dtype=np.float64) if two_d else None
@@ -189,11 +214,10 @@ def require_same_grid(datasets: Sequence[xr.Dataset], names: Sequence[str], metr
     if len(datasets) != len(names):
         raise LossmapError(f"{len(names)} names for {len(datasets)} landscapes: give one per landscape")
     ref, ref_name = datasets[0], names[0]
+    from .store import require_metric
+
     for ds, name in zip(datasets, names):
-        if metric not in ds.data_vars:
-            raise LossmapError(
-                f"{name} has no metric {metric!r} (it has {sorted(map(str, ds.data_vars))}): choose a metric all files share"
-            )
+        require_metric(ds, metric, str(name))
     for ds, name in zip(datasets[1:], names[1:]):
         if ("y" in ds.dims) != ("y" in ref.dims):
             raise LossmapError(

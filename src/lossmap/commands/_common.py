@@ -36,9 +36,27 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     p.add_argument("--samples", type=int, metavar="N", help="evaluate on the first N samples only (default: all)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default: 256)")
+    p.add_argument("--cache", choices=("auto", "device", "stream"), default="auto",
+                   help="keep the data on the device (fast) or stream it from the data at every point (any size); "
+                        "auto: cache when it fits --memory-budget (default: auto)")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="how much memory cached data may take, e.g. 2GB (default: a quarter of the free memory)")
+    p.add_argument("--allow-nondeterministic", action="store_true",
+                   help="accept data whose batches differ between passes (shuffling, random augmentation) with a "
+                        "warning recorded in the file, instead of refusing it")
 
 
-def add_eval_args(p: argparse.ArgumentParser) -> None:
+def add_loss_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loss", metavar="NAME",
+                   help="the loss, PyTorch's way loss_fn(output, target): cross-entropy, nll, mse, l1, or "
+                        "'module:function' / 'file.py:function' (a function or an nn loss class); default: "
+                        "cross-entropy for integer class targets, mse (the mean, as nn.MSELoss()) for float targets")
+    p.add_argument("--output", metavar="KEY",
+                   help="the tensor the loss takes from the model's output: an attribute or key (e.g. logits, for "
+                        "Hugging Face style outputs) or an index (0, for a tuple); default: the output as it is")
+
+
+def add_eval_args(p: argparse.ArgumentParser, buffers: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, help="evaluate in this precision (default: the model's)")
     p.add_argument("--tf32", action="store_true",
@@ -49,8 +67,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "AVX512-BF16/AMX and on GPUs, ~1e-3 relative error; the error at the centre is stored in the file)")
     p.add_argument("--bn", choices=("frozen", "recompute"), default="frozen",
                    help="batch-norm statistics: frozen running stats (default) or re-estimated at every point")
-    p.add_argument("--include-buffers", action="store_true",
-                   help="also move floating-point buffers (e.g. batch-norm running statistics)")
+    p.add_argument("--bn-data", metavar="SPEC",
+                   help="with --bn recompute: the data that re-estimates the statistics (default: the evaluation data)")
+    if buffers:
+        p.add_argument("--include-buffers", action="store_true",
+                       help="also move floating-point buffers (e.g. batch-norm running statistics)")
     p.add_argument("--tensors", metavar="PATTERN",
                    help="move only tensors whose names match these shell patterns, e.g. 'fc1.*' or 'conv*.weight,fc2.*'")
 
@@ -68,20 +89,16 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_output_folder(out: str | Path) -> Path:
-    """Fail early (before any computing) when ``out`` cannot be written: folder missing or read-only."""
-    path = Path(out)
-    if str(out).endswith(("/", os.sep)) or path.is_dir():
-        raise LossmapError(f"--out {str(out)!r} is a folder: give a file name such as {str(path / 'landscape.nc')!r}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise LossmapError(f"output folder {str(folder)!r} does not exist: create it (mkdir -p) or choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise LossmapError(f"output folder {str(folder)!r} is not writable: choose another --out")
-    return path
+    """Fail early (before any computing) when ``out`` cannot be written: a folder, missing or read-only."""
+    from ..files import check_output
+
+    return check_output(out)
 
 
 def check_device(device: str) -> str:
     """Validate ``--device`` up front so that a typo or a missing GPU gives one clear line."""
+    if device == "cpu":
+        return device
     import torch
 
     try:
@@ -110,12 +127,28 @@ def check_run_args(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def compute_options(args: argparse.Namespace, out: Path, device: str) -> dict[str, Any]:
-    """The ``compute()`` keywords that come from the evaluation and output options."""
-    return dict(
+    """The ``compute()`` keywords that come from the data, loss, evaluation and output options."""
+    output = args.output
+    if output is not None and output.lstrip("-").isdigit():
+        output = int(output)
+    options = dict(
         bn=args.bn, tf32=args.tf32, bf16=args.bf16, device=device, dtype=args.dtype, batch_size=args.batch_size,
         samples=args.samples, data_description=args.data, progress=True, out=out, overwrite=args.overwrite,
-        flush_every=args.flush_every, flush_seconds=args.flush_seconds,
+        flush_every=args.flush_every, flush_seconds=args.flush_seconds, loss_fn=args.loss, output_transform=output,
+        cache=args.cache, memory_budget=args.memory_budget, allow_nondeterministic=args.allow_nondeterministic,
     )
+    if args.bn_data is not None:
+        if args.bn != "recompute":
+            raise LossmapError("--bn-data re-estimates batch-norm statistics: it needs --bn recompute")
+        options.update(bn_data=load_data(args.bn_data), bn_description=args.bn_data)
+    return options
+
+
+def bn_note(ds) -> str:
+    """A line saying which data re-estimated the batch-norm statistics (empty unless --bn recompute)."""
+    if ds.attrs.get("bn_policy") != "recompute":
+        return ""
+    return f"\nbatch norm: statistics re-estimated at every point from {ds.attrs.get('bn_data') or 'the evaluation data'}"
 
 
 def check_positive(value: int | None, option: str) -> None:
@@ -149,14 +182,16 @@ def range_text(values) -> str:
     return f"{finite.min():.4g}–{finite.max():.4g}" + ("" if finite.size == v.size else f" ({v.size - finite.size} non-finite)")
 
 
-def summary_line(ds, path: str | Path, seconds: float) -> str:
-    """``wrote FILE (21×21 points; loss 0.1–9.3, accuracy 10%–98%; 12.3 s)``."""
+def summary_line(ds, path: str | Path, seconds: float, computed: bool = True) -> str:
+    """``wrote FILE (21×21 points; loss 0.1–9.3, accuracy 10%–98%; 12.3 s)``; ``FILE is unchanged (…)`` when the
+    run found the file complete and computed nothing."""
     shape = "×".join(str(n) for n in ds["loss"].shape) if "loss" in ds else "×".join(str(n) for n in ds.sizes.values())
     parts = []
     for name in ds.data_vars:
         parts.append(f"{name} {range_text(ds[name].values)}")
-    line = f"wrote {path} ({shape} points; {'; '.join(parts)}; {seconds:.1f} s)"
-    return line + precision_text(ds) + flatness_text(ds)
+    head = f"wrote {path}" if computed else f"{path} is unchanged"
+    line = f"{head} ({shape} points; {'; '.join(parts)}; {seconds:.1f} s)"
+    return line + bn_note(ds) + precision_text(ds) + flatness_text(ds)
 
 
 def precision_text(ds) -> str:
@@ -170,6 +205,8 @@ def precision_text(ds) -> str:
 def flatness_text(ds) -> str:
     """The summary numbers stored with a complete landscape (see lossmap.stats), as a second line."""
     a = ds.attrs
+    if "summary_models" in a:
+        return path_text(a)
     if "summary_centre" not in a:
         return ""
     radii = [(k, a[f"summary_rise_radius_{k}"]) for k in ("xpos", "xneg", "ypos", "yneg") if f"summary_rise_radius_{k}" in a]
@@ -180,6 +217,22 @@ def flatness_text(ds) -> str:
         f"reached at radius {signs} {radius} (– never); mean rise within radius {a['summary_ball_radius']:.3g}: "
         f"{a['summary_ball_mean_increase']:.4g}"
     )
+
+
+def path_text(a) -> str:
+    """The numbers of a landscape through models (lossmap.path_stats) as a second line."""
+    names = [n.strip() for n in str(a["summary_models"]).split(",")]
+    values = [a.get(f"summary_at_{k}") for k in ("a", "b", "c")][: len(names)]
+    at = ", ".join(f"at {n} {v:.4g}" for n, v in zip(names, values) if v is not None)
+    text = f"\npath: {a['summary_metric']} {at}"
+    if a.get("summary_max_between") == a.get("summary_max_between"):  # not NaN
+        text += (f"; max between {names[0]} and {names[1]} {a['summary_max_between']:.4g} at α = "
+                 f"{a['summary_argmax_between']:.3g}")
+        bump = a.get("summary_bump")
+        if bump == bump and bump is not None:
+            text += f" ({bump:+.3g} against the higher end)"
+        text += "; monotone from A to B: " + ("yes" if a.get("summary_monotone") else "no")
+    return text
 
 
 class Timer:
@@ -199,12 +252,6 @@ def add_view_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=int, default=None, metavar="N", help="number of contour levels (default 15)")
     p.add_argument("--rise", type=float, default=None, metavar="R",
                    help="loss increase for the rise-radius flatness measure (default 0.1·(1+|centre loss|))")
-
-
-def refuse_existing(paths: Sequence[str | Path | None], overwrite: bool) -> None:
-    for p in paths:
-        if p is not None and Path(p).exists() and not overwrite:
-            raise LossmapError(f"output {str(p)!r} exists: choose another path or pass --overwrite")
 
 
 def titles_for(files: Sequence[str], titles: Sequence[str] | None) -> list[str]:

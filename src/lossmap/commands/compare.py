@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LossmapError
-from ._common import add_view_options, levels_option, load_all, refuse_existing, titles_for
+from ._common import add_view_options, levels_option, load_all, titles_for
 
 KINDS = ("contour", "contourf", "heatmap", "surface", "line")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS, default="contour", help="kind of panel for 2-D landscapes (default contour)")
     p.add_argument("--html", metavar="PATH", help="also write the interactive HTML report here")
     add_view_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", help=argparse.SUPPRESS)  # outputs are replaced anyway
     p.set_defaults(func=run)
     return p
 
@@ -59,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
         raise LossmapError(f"--out {args.out!r} must end in .png, .pdf or .svg (the figure format)")
     if args.html is not None and Path(args.html).resolve() == out.resolve():
         raise LossmapError("--html and --out name the same file: give them different paths")
-    refuse_existing([out, args.html], args.overwrite)
     levels = levels_option(args.levels, DEFAULT_LEVELS)
     titles = titles_for(args.files, args.titles)
     datasets = load_all(args.files)

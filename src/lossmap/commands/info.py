@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+
 from ..settings import show_axis, show_setting
 
 

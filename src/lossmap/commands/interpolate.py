@@ -15,7 +15,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Two checkpoints: evaluate θ(α) = A + α·(B − A) (Goodfellow et al. 2015); α = 0 is A, α = 1 is B. "
             "Three (--via C): the plane through A, B and C, with A at (0, 0), B at (1, 0) and C at its exact "
-            "coordinates; one unit is ‖B − A‖ on both axes. The models are marked on the plots."
+            "coordinates; one unit is ‖B − A‖ on both axes. The models are marked on the plots. Every floating-point "
+            "tensor that differs between the checkpoints moves, batch-norm running statistics included, so α = 1 "
+            "is B exactly."
         ),
     )
     p.add_argument("--model", required=True, metavar="SPEC", help=c.MODEL_HELP)
@@ -26,7 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--x", default="-0.5:1.5:41", metavar="MIN:MAX:N", help="α axis (default: -0.5:1.5:41)")
     p.add_argument("--y", metavar="MIN:MAX:N",
                    help="β axis of the plane (with --via; default: covers C with a margin of 0.5, as many points as --x)")
-    c.add_eval_args(p)
+    c.add_loss_args(p)
+    c.add_eval_args(p, buffers=False)  # every floating tensor that differs moves, running statistics included
     c.add_output_args(p)
     c.allow_negative_values(p)
     p.set_defaults(func=run)
@@ -44,20 +47,21 @@ def default_y(directions, x_spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..directions import target_directions
-    from ..grid import Grid
-    from ..distributed import is_primary
-    from ..landscape import compute
     from ..errors import LossmapError
+    from ..grid import Grid
 
     if args.y is not None and args.c is None:
         raise LossmapError("--y needs a third checkpoint (--via C): two checkpoints define a line, not a plane")
-    out, device = c.check_run_args(args)
+    out, device = c.check_run_args(args)  # before anything heavy is imported: argument errors answer at once
+    from ..directions import target_directions
+    from ..distributed import is_primary
+    from ..landscape import compute_run
+
     a = c.build_model(args.model, args.a)
     b = c.build_model(args.model, args.b)
     via = c.build_model(args.model, args.c) if args.c else None
     data = c.load_data(args.data)
-    directions = target_directions(a, b, via, include_buffers=args.include_buffers, tensor_filter=args.tensors)
+    directions = target_directions(a, b, via, tensor_filter=args.tensors)
     del b, via
     y = args.y
     if args.c and y is None:
@@ -72,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if outside and is_primary():
         print(f"note: model(s) {', '.join(outside)} lie outside the grid; widen --x/--y to see them", file=sys.stderr)
     with c.Timer() as t:
-        ds = compute(
-            a, data, x=args.x, y=y, directions=directions, **c.compute_options(args, out, device),
-        )
+        run = compute_run(a, data, x=args.x, y=y, directions=directions, **c.compute_options(args, out, device))
     if is_primary():  # under torchrun, rank 0 speaks for all
-        print(c.summary_line(ds, out, t.seconds))
+        print(c.summary_line(run.landscape(), out, t.seconds, computed=run.computed > 0))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ._common import levels_option
@@ -31,7 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, metavar="N", help="number of contour levels (default: 15)")
     p.add_argument("--format", default="png", metavar="FMT",
                    help="png, pdf or svg; several separated by commas, e.g. png,pdf (default: png)")
-    p.add_argument("--out", metavar="PATH", help="output stem or file (default: beside FILE.nc)")
+    p.add_argument("--out", metavar="PATH",
+                   help="output stem, file, or folder (ending in /: the figures go into it); default: beside FILE.nc")
     p.set_defaults(func=run)
     return p
 
@@ -51,17 +53,18 @@ def run(args: argparse.Namespace) -> int:
         raise LossmapError(f"--vmin {args.vmin} must be less than --vmax {args.vmax}")
     ds = store.load(args.file)
     two_d = "y" in ds.dims
-    if args.metric not in ds.data_vars:
-        raise LossmapError(f"--metric {args.metric!r} is not in {args.file!r}: it has {', '.join(map(str, ds.data_vars))}")
+    store.require_metric(ds, args.metric, repr(args.file))
     if args.kind not in ("line", "all") and not two_d:
         raise LossmapError(f"--kind {args.kind} needs a 2-D landscape; {args.file!r} is 1-D: use --kind line")
 
     src = Path(args.file)
     out = Path(args.out) if args.out else src.with_suffix("")
+    if args.out and (args.out.endswith(("/", os.sep)) or out.is_dir()):  # a folder: the figures go into it
+        if not out.is_dir():
+            raise LossmapError(f"output folder {args.out!r} does not exist: create it (mkdir -p) or choose another --out")
+        out = out / src.with_suffix("").name
     single_file = args.out and args.kind != "all" and out.suffix.lower().lstrip(".") in static.FORMATS
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise LossmapError(f"output folder {str(folder)!r} does not exist: create it or choose another --out")
+    store.check_output(out)
 
     options = dict(metric=args.metric, log=args.log, levels=levels, vmin=args.vmin, vmax=args.vmax)
     if args.kind == "all":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_view_options, levels_option, load_all, refuse_existing, titles_for
+from ._common import add_view_options, levels_option, load_all, titles_for
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE.nc", help="landscape files")
     p.add_argument("--out", required=True, metavar="PATH", help="HTML file to write, e.g. report.html")
     add_view_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--overwrite", action="store_true", help=argparse.SUPPRESS)  # outputs are replaced anyway
     p.set_defaults(func=run)
     return p
 
@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from .. import stats
     from ..plot.interactive import DEFAULT_LEVELS, write_report
 
-    refuse_existing([args.out], args.overwrite)
     titles = titles_for(args.files, args.titles)
     levels = levels_option(args.levels, DEFAULT_LEVELS)
     datasets = load_all(args.files)

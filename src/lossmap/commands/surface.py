@@ -30,6 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--orthogonalize", action="store_true", help="make η orthogonal to δ (2-D)")
     p.add_argument("--directions", metavar="FILE",
                    help="reuse saved directions (a .directions.safetensors file) instead of drawing new ones")
+    c.add_loss_args(p)
     c.add_eval_args(p)
     c.add_output_args(p)
     c.allow_negative_values(p)
@@ -38,20 +39,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    out, device = c.check_run_args(args)  # before anything heavy is imported: argument errors answer at once
     from ..directions import Directions
     from ..distributed import is_primary
-    from ..landscape import compute
+    from ..landscape import compute_run
 
-    out, device = c.check_run_args(args)
     model = c.build_model(args.model, args.checkpoint)
     data = c.load_data(args.data)
     directions = Directions.load(args.directions) if args.directions else None
+    buffers = (args.include_buffers or None) if directions is not None else args.include_buffers  # None: as the directions
     with c.Timer() as t:
-        ds = compute(
+        run = compute_run(
             model, data, x=args.x, y=args.y, directions=directions, seed=args.seed,
             normalization=args.normalization, bias=args.bias, orthogonalize=args.orthogonalize,
-            include_buffers=args.include_buffers, tensor_filter=args.tensors, **c.compute_options(args, out, device),
+            include_buffers=buffers, tensor_filter=args.tensors,
+            **c.compute_options(args, out, device),
         )
     if is_primary():  # under torchrun, rank 0 speaks for all
-        print(c.summary_line(ds, out, t.seconds))
+        print(c.summary_line(run.landscape(), out, t.seconds, computed=run.computed > 0))
     return 0

@@ -104,7 +104,7 @@ def nbytes(obj: Any) -> int:
 
 def _joinable(raws: Sequence[Any]) -> bool:
     first = raws[0]
-    return all(isinstance(r, tuple) and all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in r) for r in raws) and all(
+    return all(isinstance(r, (tuple, list)) and all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in r) for r in raws) and all(
         len(r) == len(first) and all(t.shape[1:] == t0.shape[1:] for t, t0 in zip(r, first)) for r in raws
     )
 
@@ -112,7 +112,7 @@ def _joinable(raws: Sequence[Any]) -> bool:
 def rebatch(batches: Sequence[Batch], size: int) -> list[Batch]:
     """Re-cut the batches into nearly equal pieces of at most ``size`` examples.
 
-    Tuple batches of tensors with matching shapes are joined first (256+256+256+232 examples at
+    Tuple (or list) batches of tensors with matching shapes are joined first (256+256+256+232 examples at
     size 113 become 9 pieces of 111-112, not 113+113+30+…+6); other batches are only split.
     """
     raws = [b.raw for b in batches]

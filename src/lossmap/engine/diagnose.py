@@ -104,7 +104,7 @@ def _output_hint(output: Any) -> str | None:
     attrs = [a for a in ("logits", "loss", "last_hidden_state", "prediction") if hasattr(output, a)]
     pick = attrs[0] if attrs else "ATTRIBUTE"
     has = f" (it has {', '.join('.' + a for a in attrs)})" if attrs else ""
-    return (f"the model returns a {type(output).__name__}{has}, not a tensor: pick the tensor the loss needs with "
+    return (f"the model returns an object of type {type(output).__name__}{has}, not a tensor: pick the tensor the loss needs with "
             f"output_transform={pick!r} (--output {pick})")
 
 

@@ -80,7 +80,7 @@ class SubBatches(Speedup):
 
 
 def _channels_last(b: Batch) -> list[Batch]:
-    if isinstance(b.inputs, torch.Tensor) and b.inputs.dim() == 4 and isinstance(b.raw, tuple):
+    if isinstance(b.inputs, torch.Tensor) and b.inputs.dim() == 4 and isinstance(b.raw, (tuple, list)):
         x = b.inputs.contiguous(memory_format=torch.channels_last)
         return [Batch((x,) + tuple(b.raw[1:]), x, b.targets, b.size)]
     return [b]
@@ -253,9 +253,9 @@ class FastEngine(Engine):
         self.work.write([0.0] * len(self.work.directions))
         try:
             with torch.inference_mode():
-                ref = self.forward(inputs)
+                ref = self.work.output(self.forward(inputs))
                 self.graph = graph
-                got = self.forward(inputs)
+                got = self.work.output(self.forward(inputs))
         except Exception as exc:  # noqa: BLE001 - an op the graph cannot replay
             self.graph = self.model
             return f"the rewritten graph failed on the probe batch ({type(exc).__name__}: {exc})"

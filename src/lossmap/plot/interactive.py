@@ -64,10 +64,7 @@ def _metrics(ds: xr.Dataset) -> list[str]:
 
 def _values(ds: xr.Dataset, metric: str) -> np.ndarray:
     """float64 ``(nx,)`` or ``(nx, ny)`` array of ``metric``."""
-    if metric not in ds.data_vars:
-        raise LossmapError(
-            f"metric {metric!r} is not in the landscape (it has {_metrics(ds)}): choose one of those"
-        )
+    store.require_metric(ds, metric)
     dims = ("x", "y") if _is_2d(ds) else ("x",)
     return np.asarray(ds[metric].transpose(*dims).values, dtype=np.float64)
 
@@ -420,8 +417,7 @@ def report_html(
     """The report as one HTML string (see :func:`write_report`)."""
     doc = _Html()
     for d, t in zip(datasets, titles):
-        if metric not in d.data_vars:
-            raise LossmapError(f"{t} has no metric {metric!r} (it has {_metrics(d)}): choose one of those")
+        store.require_metric(d, metric, str(t))
     summaries = [stats.summarize(d, metric=metric, rise=rise) for d in datasets]
     doc.text(f"<h1>Loss landscape{'s' if len(datasets) > 1 else ''}: {html.escape(', '.join(titles))}</h1>")
     if len(datasets) > 1:
@@ -480,9 +476,7 @@ def write_report(
     titles = [str(t) for t in titles]
     if len(titles) != len(datasets):
         raise LossmapError(f"{len(titles)} titles for {len(datasets)} landscapes: give one title per landscape")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise LossmapError(f"output folder {str(path.parent)!r} does not exist: create it or choose another --out")
+    path = store.check_output(path, "report.html")
     text = report_html(datasets, titles, metric=metric, log=log, levels=levels, rise=rise)
     with store.atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

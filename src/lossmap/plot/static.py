@@ -47,6 +47,7 @@ from .scale import higher_is_better as _higher_is_better
 from .scale import is_2d as _is_2d
 from .scale import log_floor as _log_floor
 from ..stats import require_same_grid
+from ..store import check_output, require_metric
 from ..store import meta as _decode_meta
 
 __all__ = [
@@ -90,9 +91,7 @@ def _metric_names(ds: xr.Dataset) -> list[str]:
 
 def _raw(ds: xr.Dataset, metric: str) -> np.ndarray:
     """float64 values of ``metric``: shape (nx,) or (nx, ny), non-finite kept as is."""
-    if metric not in ds.data_vars:
-        available = ", ".join(_metric_names(ds)) or "(none)"
-        raise LossmapError(f"metric {metric!r} is not in this landscape; choose one of: {available}")
+    require_metric(ds, metric)
     var = ds[metric]
     want = ("x", "y") if _is_2d(ds) else ("x",)
     if set(var.dims) != set(want):
@@ -695,9 +694,7 @@ def save_figure(fig: Any, path_or_stem: str | Path, formats: Sequence[str] | str
                 if f not in FORMATS:
                     raise LossmapError(f"unknown figure format {f!r}: choose one of {', '.join(FORMATS)}")
                 targets.append((path.with_name(f"{path.name}.{f}"), f))
-        parent = path.parent
-        if not parent.is_dir():
-            raise LossmapError(f"output folder {str(parent)!r} does not exist: create it or choose another --out")
+        check_output(path, "figure.png")
         written = []
         for target, f in targets:
             kw = {"dpi": PNG_DPI} if f == "png" else {}

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import LossmapError
+from .. import store
 from ..store import atomic_path
 from .figures import _RUN_MARKERS, LEGEND, RESIDUAL_THRESHOLD, STEP_CMAP, _legend_handles, as_paths, step_norm, step_ticks
 
@@ -53,8 +54,7 @@ def _check(out: Path, fps: float, max_frames: int) -> str | None:
     if suffix not in SUFFIXES:
         raise LossmapError(f"animation file {str(out)!r}: the suffix {out.suffix or '(none)'!r} is not supported; "
                            "write a .gif or an .mp4")
-    if not out.parent.is_dir():
-        raise LossmapError(f"output folder {str(out.parent)!r} does not exist: create it or choose another --out")
+    store.check_output(out, "run.gif")
     if not (fps > 0) or not (isinstance(max_frames, int) and max_frames >= 1):
         raise LossmapError(f"fps {fps!r} and max_frames {max_frames!r} must be positive")
     if suffix != ".mp4":

@@ -51,6 +51,7 @@ from scipy import stats as sps
 
 from .. import stats as lstats
 from ..errors import LossmapError
+from ..store import require_metric
 
 __all__ = [
     "band", "curvature", "centre_curvature", "seed_summaries", "stack_seeds", "describe", "describe_summaries", "compare",
@@ -144,8 +145,7 @@ def curvature(ds: xr.Dataset, metric: str = "loss") -> dict[str, float]:
         >>> curvature(ds)
         {'curvature_x': 4.0}
     """
-    if metric not in ds.data_vars:
-        raise LossmapError(f"metric {metric!r} is not in the landscape (it has {sorted(map(str, ds.data_vars))})")
+    require_metric(ds, metric)
     var = ds[metric]
     xs = np.asarray(ds["x"].values, dtype=np.float64)
     if "y" not in var.dims:
@@ -203,8 +203,7 @@ def seed_summaries(
         >>> s["curvature_x"].round(6).tolist(), s["rise_radius_xpos"].round(3).tolist()
         ([2.0, 4.0], [0.5, 0.35])
     """
-    if metric not in ds.data_vars:
-        raise LossmapError(f"metric {metric!r} is not in the landscape (it has {sorted(map(str, ds.data_vars))})")
+    require_metric(ds, metric)
     if dim not in ds[metric].dims:
         raise LossmapError(f"{metric!r} has no {dim!r} dimension (dims {ds[metric].dims}): compute it over several direction seeds")
     rows = []
