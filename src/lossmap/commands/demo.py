@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="one epoch and coarse grids on 200 test samples (well under a minute)")
     p.add_argument("--compare", action="store_true",
                    help="also train SGD (batch 8) and Adam (batch 256) variants and draw their planes side by side")
+    p.add_argument("--connect", action="store_true",
+                   help="also train a second CNN from seed+1 and show the barriers between the two before and after "
+                        "permutation alignment, and a trained low-loss curve between them on its plane")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization, batch order and directions (default: 0)")
     p.set_defaults(func=run)
     return p
@@ -144,6 +147,12 @@ def run(args: argparse.Namespace) -> int:
             files.append((f"2-D filter-normalized plane of variant {name}", out / f"plane_{name}.nc", ds))
             compared.append((name, res, ds))
 
+    connected: tuple[list[str], list[Path], Path] | None = None
+    if args.connect:
+        from .demo_connect import run_connect
+
+        connected = run_connect(out, mode, args.seed, model, train_data, test_data, say)
+
     say("5/5 figures (PNG + PDF), report and summary")
     figures: list[Path] = []
     for stem, ds in (("interpolation", interp), ("slice1d", line), ("plane", plane)):
@@ -185,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"{key}_loss_max = {ds.attrs.get('summary_max', float('nan')):.6g}")
     for name, res, _ in compared:
         lines.append(f"{name}_test_accuracy = {res.test_accuracy:.4f}   ({res.describe()})")
+    if connected is not None:
+        lines += connected[0]
+        figures += connected[1]
+        reports.append(connected[2])
     lines += ["", "figures (PNG and PDF):"]
     lines += [f"  {p.name}" for p in figures if p.suffix == ".png"]
     if reports:

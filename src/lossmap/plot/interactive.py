@@ -412,7 +412,7 @@ class _Html:
 
 def report_html(
     datasets: Sequence[xr.Dataset], titles: Sequence[str], metric: str = "loss", log: bool = False,
-    levels: int = DEFAULT_LEVELS, rise: float | None = None,
+    levels: int = DEFAULT_LEVELS, rise: float | None = None, sections: Sequence[tuple[str, Sequence[go.Figure], str]] = (),
 ) -> str:
     """The report as one HTML string (see :func:`write_report`)."""
     doc = _Html()
@@ -420,6 +420,10 @@ def report_html(
         store.require_metric(d, metric, str(t))
     summaries = [stats.summarize(d, metric=metric, rise=rise) for d in datasets]
     doc.text(f"<h1>Loss landscape{'s' if len(datasets) > 1 else ''}: {html.escape(', '.join(titles))}</h1>")
+    for heading, figures, note in sections:
+        doc.text(f"<h2>{html.escape(heading)}</h2>" + (f'<p class="note">{html.escape(note)}</p>' if note else ""))
+        for fig in figures:
+            doc.text(doc.figure(fig))
     if len(datasets) > 1:
         links = "".join(f'<li><a href="#landscape-{k + 1}">{html.escape(t)}</a></li>' for k, t in enumerate(titles))
         doc.text(f"<ul>{links}</ul>")
@@ -460,11 +464,14 @@ def report_html(
 def write_report(
     datasets: xr.Dataset | Sequence[xr.Dataset], path: str | Path, titles: Sequence[str] | None = None,
     metric: str = "loss", log: bool = False, levels: int = DEFAULT_LEVELS, rise: float | None = None,
+    sections: Sequence[tuple[str, Sequence[go.Figure], str]] = (),
 ) -> Path:
     """Write ONE self-contained HTML report of ``datasets`` to ``path`` (plotly.js embedded; opens offline).
 
     ``titles`` default to each landscape's ``title`` attribute or ``landscape N``. ``rise`` is passed to
-    :func:`lossmap.stats.summarize` (default: each landscape's own default threshold). Returns the path.
+    :func:`lossmap.stats.summarize` (default: each landscape's own default threshold). ``sections``:
+    ``(heading, figures, note)`` drawn first (e.g. :func:`lossmap.plot.connect_html.connect_sections`).
+    Returns the path.
     """
     if isinstance(datasets, xr.Dataset):
         datasets = [datasets]
@@ -477,7 +484,7 @@ def write_report(
     if len(titles) != len(datasets):
         raise LossmapError(f"{len(titles)} titles for {len(datasets)} landscapes: give one title per landscape")
     path = store.check_output(path, "report.html")
-    text = report_html(datasets, titles, metric=metric, log=log, levels=levels, rise=rise)
+    text = report_html(datasets, titles, metric=metric, log=log, levels=levels, rise=rise, sections=sections)
     with store.atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
