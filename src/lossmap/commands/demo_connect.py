@@ -19,7 +19,7 @@ from typing import Callable
 class ConnectSettings:
     alphas: int
     refine: int
-    samples: int | None  # per data set; None: all
+    samples: int  # the first samples of each data set, for the barriers, the curve and the plane
     curve_epochs: int
     curve_lr: float
     points: int
@@ -27,8 +27,8 @@ class ConnectSettings:
 
 
 SETTINGS = {
-    "full": ConnectSettings(alphas=25, refine=4, samples=None, curve_epochs=6, curve_lr=0.02, points=61, grid=17),
-    "quick": ConnectSettings(alphas=9, refine=2, samples=200, curve_epochs=2, curve_lr=0.02, points=21, grid=9),
+    "full": ConnectSettings(alphas=25, refine=3, samples=500, curve_epochs=6, curve_lr=0.02, points=61, grid=15),
+    "quick": ConnectSettings(alphas=7, refine=1, samples=120, curve_epochs=2, curve_lr=0.02, points=15, grid=7),
 }
 
 
@@ -98,8 +98,7 @@ def run_connect(out: Path, mode: str, seed: int, model_a, train_data, test_data,
 
 
 def _summary(ds, curve, path_b: Path, res_b, s: ConnectSettings) -> list[str]:
-    n = "all" if s.samples is None else str(s.samples)
-    lines = ["", f"connectivity (model B: {path_b.name}, {res_b.describe()}; {n} samples per data set):",
+    lines = ["", f"connectivity (model B: {path_b.name}, {res_b.describe()}; the first {s.samples} samples of each data set):",
              f"model_b_test_accuracy = {res_b.test_accuracy:.4f}"]
     for name, key in (("digits:train", "train"), ("digits:test", "test")):
         for path in (str(p) for p in ds["path"].values):

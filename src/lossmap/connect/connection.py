@@ -161,14 +161,13 @@ def connect(model: nn.Module, a: nn.Module | Mapping[str, torch.Tensor], b: nn.M
             paths["aligned"] = result.state
         found, quantities = _measure(objectives, paths, grid, refine, engine, say)
         first = next(iter(objectives.values()))
-        names, loss_name = list(first.names), first.loss.name
-    attrs = dict(
-        lossmap_format=FORMAT, lossmap_format_version=FORMAT_VERSION, model=type(model).__name__,
-        parameters=int(sum(p.numel() for p in model.parameters())),
-        a_sha256=tensor_hash({n: sa[n] for n in names}), b_sha256=tensor_hash({n: sb[n] for n in names}),
-        data=list(sets), samples=options.get("samples") or 0, bn_policy=bn, bn_data=bn_text, alphas=int(grid.size), refine_rounds=int(refine),
-        loss_function=loss_name, align=method, path="θ(α) = (1 − α)A + αB",
-    )
+        attrs = dict(
+            lossmap_format=FORMAT, lossmap_format_version=FORMAT_VERSION, model=type(model).__name__,
+            parameters=int(sum(p.numel() for p in model.parameters())), path="θ(α) = (1 − α)A + αB",
+            a_sha256=tensor_hash({n: sa[n] for n in first.names}), b_sha256=tensor_hash({n: sb[n] for n in first.names}),
+            data=list(sets), samples=[int(o.source.total) for o in objectives.values()], loss_function=first.loss.name,
+            bn_policy=bn, bn_data=bn_text, alphas=int(grid.size), refine_rounds=int(refine), align=method, seed=int(seed),
+        )
     if result is not None:
         attrs.update(_align_attrs(result, "given" if spec is not None else "derived"))
     return Connection(dataset=_dataset(found, list(paths), list(sets), quantities, grid, attrs), aligned=result)

@@ -52,7 +52,8 @@ def save_spec(axes: Mapping[str, Any], path: str | Path) -> Path:
     """Write a permutation spec ``{perm: [[tensor, axis, block], ...]}`` as JSON (the ``--spec`` format)."""
     path = check_output(path, "spec.json")
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(axes, indent=1) + "\n", encoding="utf-8")
+        lines = [f" {json.dumps(str(p))}: {json.dumps([list(e) for e in entries])}" for p, entries in axes.items()]
+        tmp.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
     return path
 
 
