@@ -30,8 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.nc", help="the file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its aligned checkpoint)")
     p.add_argument("--alphas", type=int, default=25, metavar="N", help="evenly spaced α in [0, 1] to start from (default: 25)")
-    p.add_argument("--refine", type=int, default=6, metavar="ROUNDS",
-                   help="refinement rounds around each maximum (loss and error, each barrier definition; default: 6)")
+    p.add_argument("--refine", type=int, default=4, metavar="ROUNDS",
+                   help="refinement rounds around each maximum (loss and error, each barrier definition; default: 4)")
     p.add_argument("--align", choices=("none", "weights"), default="none",
                    help="weights: permute B's hidden units to match A by weight matching (default: none)")
     p.add_argument("--spec", metavar="FILE.json",

@@ -101,7 +101,7 @@ def _measure(objectives: dict[str, Objective], paths: dict[str, Mapping], grid: 
 
 
 def connect(model: nn.Module, a: nn.Module | Mapping[str, torch.Tensor], b: nn.Module | Mapping[str, torch.Tensor],
-            data: Any, *, alphas: int | Sequence[float] = 25, refine: int = 6, align: str | None = None,
+            data: Any, *, alphas: int | Sequence[float] = 25, refine: int = 4, align: str | None = None,
             spec: Any = None, seed: int = 0, bn: str = "frozen", bn_data: Any = None, device: str | torch.device = "cpu",
             dtype: torch.dtype | None = None, engine: str = "auto", log_fn: Callable[[str], None] | None = None,
             **options: Any) -> Connection:
