@@ -4,6 +4,8 @@ Trains the seed CNN (seeded), then computes and draws the 1-D interpolation init
 (Goodfellow et al. 2015), a 1-D and a 2-D filter-normalized random slice around the trained model
 (Li et al. 2018), writes PNG + PDF figures, an HTML report and ``summary.txt``. ``--compare`` also
 trains two variants (SGD small batch vs Adam large batch) and draws their planes side by side.
+``--connect`` also trains a second CNN from seed + 1 and measures mode connectivity between the two
+(:mod:`lossmap.commands.demo_connect`).
 """
 
 from __future__ import annotations

@@ -86,9 +86,10 @@ def _measure(objectives: dict[str, Objective], paths: dict[str, Mapping], grid: 
     found: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     quantities: tuple[str, ...] | None = None
     for p, state in paths.items():
+        direction = _direction(next(iter(objectives.values())), state)  # one model, one θ0: shared by all data sets
         for name, obj in objectives.items():
             start = time.perf_counter()
-            ev = obj.engine([_direction(obj, state)], engine=engine)
+            ev = obj.engine([direction], engine=engine)
             qs = quantities_of(ev.metric_names)
             if quantities is not None and qs != quantities:
                 raise LossmapError(f"data set {name!r} gives {', '.join(qs)} but another gives {', '.join(quantities)}: "
