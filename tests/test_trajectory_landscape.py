@@ -213,8 +213,8 @@ def test_an_interruption_while_the_checkpoints_are_evaluated_is_finished_by_a_re
     folder = tmp_path / "gd-slow"
     ref = _run(problem, folder, Tripwire())
     out = tmp_path / "traj.nc"
-    with pytest.raises(KeyboardInterrupt):  # probe + 20 points × 4 batches, then the checkpoints' probe + 5 batches
-        _run(problem, folder, Tripwire(at=1 + 80 + 1 + 5), out=out)
+    with pytest.raises(KeyboardInterrupt):  # probe + 20 points × 4 batches, then 5 batches into the checkpoints
+        _run(problem, folder, Tripwire(at=1 + 80 + 5), out=out)
     assert store.is_complete(store.load(out)) and "checkpoint_metric" not in store.load(out).variables
     result = trajectory_run(problem.model(), folder, problem.data(), **GRID, metrics={"mean_out": Tripwire()},
                             batch_size=16, chunk=3, out=out)

@@ -39,7 +39,8 @@ RESIDUAL_THRESHOLD = 0.3
 STEP_CMAP = "plasma"
 _RUN_MARKERS = ("o", "s", "^", "D", "v", "P")
 #: the legend goes below the axes, where it hides no part of the path
-LEGEND = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.13), "ncol": 3, "fontsize": 8, "frameon": False}
+LEGEND = {"loc": "upper center", "bbox_to_anchor": (0.5, 0.0), "borderaxespad": 3.6, "ncol": 3, "fontsize": 8,
+          "frameon": False}
 
 
 class _Path:
