@@ -152,6 +152,21 @@ def test_animate_writes_a_gif_with_one_frame_per_step(env, tmp_path, capsys):
     assert "max_frames 0" in run_fail(["animate", env["out"], "--out", tmp_path / "a.gif", "--max-frames", "0"], capsys)
 
 
+def test_animate_writes_an_mp4_where_an_ffmpeg_is_found(env, tmp_path, capsys):
+    from lossmap.trajectory.animation import find_ffmpeg
+
+    exe = find_ffmpeg()
+    if exe is None:
+        pytest.skip("no ffmpeg binary: pip install imageio-ffmpeg (the video extra)")
+    import subprocess
+
+    mp4 = tmp_path / "run.mp4"
+    run_ok(["animate", env["out"], "--out", mp4, "--fps", "5", "--dpi", "40"], capsys)
+    probe = subprocess.run([exe, "-i", str(mp4)], capture_output=True, text=True).stderr
+    assert "Video: h264" in probe and "5 fps" in probe
+    assert "Duration: 00:00:02.20" in probe  # 11 frames (steps 0–8, 10, 12) at 5 per second
+
+
 def test_animate_refuses_bad_input_with_one_line(env, tmp_path, capsys, monkeypatch):
     from lossmap.trajectory import animation
 
