@@ -8,7 +8,8 @@
    shared among torchrun ranks), on axes that cover every checkpoint with a margin unless given;
 3. for every checkpoint, every metric at its own weights (the whole state of its file, batch-norm
    statistics included) and the plane's metrics at its projection θ_o + xᵢu₁ + yᵢu₂ (the value the map
-   shows there) — on rank 0;
+   shows there), with the grid's objective and engine (no second pass over the data to cache it, no
+   second engine to set up) — on rank 0;
 4. both stored with the grid (layout: :mod:`lossmap.trajectory.stored`).
 
 Resuming. The file's settings hold hashes of θ_o and of the directions, so a resume with another run
@@ -34,6 +35,7 @@ from torch import nn
 
 from .. import distributed, store
 from ..errors import LossmapError
+from ..precision import tf32_allowed
 from .pca import CHUNK_VALUES, Plane, load_origin, plane_axes, trajectory_plane
 from .run import Run, as_runs
 from .stored import attach, has_trajectory, plane_attrs, stored_runs
@@ -44,9 +46,6 @@ __all__ = ["trajectory_landscape", "trajectory_run", "TrajectoryResult", "evalua
 DEFAULT_POINTS = 41
 #: options of compute() that the plane decides
 _PLANE_DECIDES = ("directions", "seed", "normalization", "bias", "orthogonalize", "extra_attrs")
-#: compute() options the checkpoint evaluations use too
-_EVAL_KEYS = ("loss_fn", "metrics", "output_transform", "forward", "bn", "bn_data", "device", "dtype", "batch_size",
-              "samples", "cache", "memory_budget", "allow_nondeterministic", "engine", "bf16", "tf32")
 
 
 @dataclass
@@ -127,11 +126,8 @@ def trajectory_run(model: nn.Module, runs: Any, data: Any, x: str | Sequence[flo
     kept = _stored(out, plane) if run.resumed and run.computed == 0 else None
     if kept is not None:
         return TrajectoryResult(kept, plane, 0, True)
-    evaluated = evaluate_checkpoints(at_origin, plane, data, **{k: v for k, v in options.items() if k in _EVAL_KEYS})
-    if evaluated[0] != list(run.names):
-        raise LossmapError(f"the checkpoints were evaluated on metrics {evaluated[0]} but the grid has {list(run.names)}: "
-                           "pass the same metrics")
-    ds = attach(ds, plane, *evaluated)
+    with tf32_allowed(run.objective.device, bool(options.get("tf32", False))):
+        ds = attach(ds, plane, *evaluate_checkpoints(run.objective, run.engine, plane))
     if out is not None:
         store.save(ds, out)
     return TrajectoryResult(ds, plane, run.computed, run.resumed)
@@ -188,49 +184,35 @@ def _stored(out: Path | None, plane: Plane) -> xr.Dataset | None:
     return ds if same else None
 
 
-def evaluate_checkpoints(model_at_origin: nn.Module, plane: Plane, data: Any, *, device: str | torch.device = "cpu",
-                         dtype: str | torch.dtype | None = None, engine: str = "auto", bf16: bool = False,
-                         tf32: bool = False, **objective_options: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
+def evaluate_checkpoints(objective: Any, engine: Any, plane: Plane) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Every metric at each checkpoint's own weights, and of the plane at each checkpoint's projection.
 
     Args:
-        model_at_origin (nn.Module): the model at the plane's origin (:func:`~lossmap.trajectory.load_origin`);
-            it is lent and given back unchanged.
+        objective (Objective): the objective of the plane's landscape (``compute_run(...).objective``); its
+            model is a private copy at the plane's origin, and is left at the last checkpoint.
+        engine (Engine): the engine of the plane's landscape (``compute_run(...).engine``), which evaluates
+            θ_o + x·u₁ + y·u₂.
         plane (Plane): the plane of the runs.
-        data: the evaluation data.
-        device, dtype, engine, bf16, tf32: as for :func:`lossmap.compute`.
-        **objective_options: ``loss_fn``, ``metrics``, ``output_transform``, ``forward``, ``bn``, ``bn_data``,
-            ``batch_size``, ``samples``, ``cache``, ``memory_budget``, ``allow_nondeterministic``.
     Returns:
         (list[str], ndarray, ndarray): the metric names and two (M, n_metrics) arrays, checkpoints in the
-        plane's order: at the checkpoints' own weights, and of the plane at their projections.
+        plane's order: at the checkpoints' own weights (every tensor of their files, batch-norm statistics
+        included; the reference loop), and of the plane at their projections (the landscape's engine).
     Example:
-        >>> names, own, on_plane = evaluate_checkpoints(load_origin(Net(), plane), plane, test_set)  # doctest: +SKIP
+        >>> run = compute_run(load_origin(Net(), plane), data, x, y, directions=plane.directions)  # doctest: +SKIP
+        >>> names, own, on_plane = evaluate_checkpoints(run.objective, run.engine, plane)  # doctest: +SKIP
     """
     from ..engine import Engine
-    from ..landscape import _dtype
-    from ..objective import Objective
-    from ..precision import tf32_allowed
-    from ..space import borrow, select_tensors
 
-    d = plane.directions
     coords = np.concatenate([r.coords for r in plane.runs])
     paths = [p for r in plane.runs for p in _paths(r)]
-    dtype = _dtype(dtype)
-    with borrow(model_at_origin, device, dtype) as lease, tf32_allowed(device, tf32):
-        live = select_tensors(lease.model, d.include_buffers, d.tensor_filter)
-        objective = Objective(lease.model, data, objective_options.pop("loss_fn", None), tensor_filter=d.tensor_filter,
-                              include_buffers=d.include_buffers, device=device, dtype=dtype,
-                              theta0=dict(zip(live, lease.origin(live))), **objective_options)
-        ev = objective.engine(d.tensors[:2], engine=engine, autocast=torch.bfloat16 if bf16 else None)
-        on_plane = ev.evaluate_many(coords)
-        own = np.empty_like(on_plane)
-        base = objective.workload([], autocast=torch.bfloat16 if bf16 else None)
-        for i, path in enumerate(paths):
-            _load_state(lease.model, path)
-            weights = [t.detach().clone() for t in base.live]
-            own[i] = Engine(dataclasses.replace(base, origin=weights)).evaluate_many(np.zeros((1, 0)))[0]
-    return list(ev.metric_names), own, on_plane
+    on_plane = engine.evaluate_many(coords)
+    own = np.empty_like(on_plane)
+    base = objective.workload([], autocast=engine.autocast)  # no directions: the weights as loaded
+    for i, path in enumerate(paths):
+        _load_state(objective.model, path)
+        weights = [t.detach().clone() for t in base.live]
+        own[i] = Engine(dataclasses.replace(base, origin=weights)).evaluate_many(np.zeros((1, 0)))[0]
+    return list(engine.metric_names), own, on_plane
 
 
 def _paths(run_coords: Any) -> list[Path]:
