@@ -16,7 +16,8 @@ many directions — to a temporary folder (``--dir``; M·P·4 bytes: 20 GB for t
 
 Measured per run: wall time of the plane; time inside the file reads (``read_piece``, positioned reads into
 a buffer) versus the rest (float64 conversion, the Gram's M²P multiply-adds, forming the directions); the
-peak RSS added by the plane (VmHWM after resetting it, in units of one model's float32 size); the explained
+process's CPU time (on a machine shared with other work, the wall time of the computing part grows with the
+load while the CPU time does not); the peak RSS added by the plane (VmHWM after resetting it, in units of one model's float32 size); the explained
 variance as a check. Results: a table here and JSON under bench/results/.
 """
 
@@ -58,10 +59,10 @@ passes.read_piece = timed
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
 before = status("VmRSS")
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 plane = trajectory_plane(sys.argv[1])
-seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "read_seconds": spent["read"], "reads": spent["calls"],
+seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "read_seconds": spent["read"], "reads": spent["calls"],
                   "peak_rss_added": status("VmHWM") - before, "explained": plane.explained}))
 """
 
@@ -189,7 +190,8 @@ def main(argv=None) -> int:
             rows.append(r)
             cached = "?" if r["cached_before"] is None else f"{100 * r['cached_before']:.0f} %"
             print(f"{state:5s} (cached before: {cached}): {r['seconds']:7.1f} s, of which reading the files "
-                  f"{r['read_seconds']:6.1f} s ({100 * r['read_seconds'] / r['seconds']:.0f} %); peak RSS added "
+                  f"{r['read_seconds']:6.1f} s ({100 * r['read_seconds'] / r['seconds']:.0f} %), CPU time "
+                  f"{r['cpu_seconds']:.1f} s; peak RSS added "
                   f"{r['peak_rss_added'] / 2**20:,.0f} MiB = {r['peak_rss_models']:.2f} models; explained {r['explained']:.3f}",
                   flush=True)
     record = {"date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
