@@ -84,12 +84,15 @@ def train(
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy on log-probabilities or logits.
 
     ``optimizer`` is ``adam`` or ``sgd`` (with ``momentum``). Mini-batches are reshuffled every epoch
     from ``torch.Generator().manual_seed(seed)``; dropout draws from the global generator seeded with
-    ``seed + 1`` (restored afterwards). ``log`` receives one line per epoch.
+    ``seed + 1`` (restored afterwards). ``log`` receives one line per epoch; ``on_step(step, loss)`` is called
+    after every optimizer step (steps counted from 1; ``loss`` is that batch's, before the step), e.g. to
+    record the run with :class:`lossmap.trajectory.Recorder`.
     """
     import time
 
@@ -114,6 +117,7 @@ def train(
 
         bar = tqdm(total=epochs * ((n + batch_size - 1) // batch_size), unit="step", desc=f"training ({optimizer})", leave=False)
     was_training = model.training
+    steps_done = 0
     model.train()
     try:
         with seeded(int(seed) + 1):
@@ -127,6 +131,9 @@ def train(
                     loss.backward()
                     opt.step()
                     total += float(loss.detach()) * len(idx)
+                    if on_step is not None:
+                        steps_done += 1
+                        on_step(steps_done, float(loss.detach()))
                     if bar is not None:
                         bar.update(1)
                 result.epoch_loss.append(total / n)

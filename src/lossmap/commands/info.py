@@ -70,6 +70,10 @@ def lines(ds, name: str) -> list[str]:
         rng = f"min {finite.min():.6g}, max {finite.max():.6g}" if finite.size else "no finite value"
         missing = v.size - finite.size
         out.append(f"  {var}: {rng}, at centre {at:.6g}" + (f", {missing} non-finite of {v.size}" if missing else ""))
+    if "trajectory_runs" in ds.attrs:  # the checkpoints of a trajectory file (coordinates, not metrics)
+        from ..trajectory.stored import trajectory_lines
+
+        out.extend(trajectory_lines(ds))
     out.append("metadata:")
     m = meta(ds)
     settings = m.pop("settings", None)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ._common import levels_option
 
 
-KINDS = ("line", "contour", "contourf", "heatmap", "surface", "all")
+KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "all")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,7 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="FILE.nc", help="a landscape file")
     p.add_argument("--kind", choices=KINDS, default="all",
-                   help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D)")
+                   help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D; "
+                        "for a trajectory file also 'trajectory', the path over the map and on the surface side by side, "
+                        "and its contour and surface figures carry the path)")
     p.add_argument("--metric", default="loss", help="metric for 2-D figures (default: loss)")
     p.add_argument("--log", action="store_true", help="log scale for the metric")
     p.add_argument("--vmin", type=float, help="lower end of the colour range / contour levels")

@@ -270,6 +270,10 @@ def landscape_figures(
                            xaxis={"title": {"text": _axis_label(ds, "x")}},
                            yaxis={"title": {"text": _axis_label(ds, "y")}, **_equal_aspect(ds)})
         figs["contour"] = cont
+        if "trajectory_runs" in ds.attrs:  # a trajectory file: its path on both, with a step slider
+            from .trajectory import add_paths
+
+            add_paths(figs, ds, metric, log, (lo, hi, floor))
     figs["lines"] = _lines_figure(ds, metric, log, f"{title} — {'central cross-sections' if _is_2d(ds) else 'curve'}")
     return figs
 
@@ -405,7 +409,7 @@ class _Html:
     def figure(self, fig: go.Figure) -> str:
         self.count += 1
         div = pio.to_html(fig, full_html=False, include_plotlyjs=not self.embedded, config=_PLOT_CONFIG,
-                          div_id=f"lossmap-plot-{self.count}", validate=False)
+                          div_id=f"lossmap-plot-{self.count}", validate=False, auto_play=False)
         self.embedded = True
         return f"<div>{div}</div>"
 

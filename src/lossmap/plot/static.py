@@ -720,12 +720,17 @@ def kinds_for(ds: xr.Dataset) -> tuple[str, ...]:
         return ("line",)
     if min(ds.sizes["x"], ds.sizes["y"]) < 2:
         return ("heatmap", "line")
+    if "trajectory_runs" in ds.attrs:  # a trajectory file: the path over the map and on the surface, side by side
+        from ..trajectory.stored import has_trajectory
+
+        return KINDS_2D + ("trajectory",) if has_trajectory(ds) else KINDS_2D
     return KINDS_2D
 
 
 def figure(ds: xr.Dataset, kind: str, metric: str | None = None, log: bool = False, levels: Any = None,
            vmin: float | None = None, vmax: float | None = None) -> Any:
-    """One figure of ``kind`` (``line``, ``contour``, ``contourf``, ``heatmap`` or ``surface``).
+    """One figure of ``kind`` (``line``, ``contour``, ``contourf``, ``heatmap`` or ``surface``; ``trajectory``
+    for a file of ``lossmap trajectory``, whose contour and surface figures also carry the stored path).
 
     ``metric`` defaults to ``loss`` (or the first metric when there is no loss); ``line`` draws every metric.
     """
@@ -734,6 +739,12 @@ def figure(ds: xr.Dataset, kind: str, metric: str | None = None, log: bool = Fal
         metric = "loss" if "loss" in ds.data_vars else (names[0] if names else "loss")
     if kind == "line":
         return plot_line(ds, log=log)[0]
+    if "trajectory_runs" in ds.attrs or kind == "trajectory":  # the path of a trajectory file drawn on the map
+        from ..trajectory.figures import file_figure
+
+        fig = file_figure(ds, kind, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax)
+        if fig is not None:
+            return fig
     if kind in ("contour", "contourf"):
         return plot_contour(ds, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax, filled=kind == "contourf")[0]
     if kind == "heatmap":
