@@ -40,3 +40,14 @@ def cli_env(tmp_path, cli_files) -> tuple[Path, list[str]]:
     """``(folder, argv)``: the arguments of a small ``surface`` run (5 × 3 points) of :func:`cli_files`'
     model that writes ``folder/o.nc``."""
     return tmp_path, ["surface", *cli_files, "--x", "-1:1:5", "--y", "-1:1:3", "--out", str(tmp_path / "o.nc")]
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> Path:
+    """The folder ``lossmap demo --quick --compare`` wrote, made once per test session. Read it, do not write
+    into it (tests that run commands beside it copy it first)."""
+    from lossmap.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "lossmap-demo"
+    assert main(["demo", "--quick", "--compare", "--out", str(out)]) == 0
+    return out
