@@ -8,7 +8,8 @@ Nothing here is copied by hand into docs/; every generated page comes from the c
   ``lossmap demo --quick --compare``);
 * ``quickstart.ipynb`` — ``examples/quickstart.ipynb`` executed top to bottom (``$LOSSMAP_DOCS_NOTEBOOK``
   names an executed copy; else it is executed here with nbclient and kept in ``build/docs/`` until the
-  notebook or the package changes), rendered by mkdocs-jupyter;
+  notebook or the package changes), rendered by mkdocs-jupyter; its plotly figures (a mimetype that only
+  Jupyter renders) become HTML drawn by the plotly.js that the plotly package ships, copied into the site;
 * ``changelog.md`` — ``CHANGELOG.md``.
 
 Docstrings written with Sphinx roles (``:func:`x```) are shown as code linked to the API reference.
@@ -30,6 +31,7 @@ from pathlib import Path
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
+from mkdocs.utils import get_relative_url
 
 log = logging.getLogger("mkdocs.hooks.lossmap")
 
@@ -41,6 +43,8 @@ NOTEBOOK = ROOT / "examples" / "quickstart.ipynb"
 GALLERY = ("interpolation_line.png", "slice1d_line.png", "plane_contour.png", "plane_contourf.png",
            "plane_heatmap.png", "plane_surface.png", "plane_line.png", "report.html", "summary.txt")
 GALLERY_COMPARE = ("compare.png", "compare.html")
+PLOTLY_JS = "assets/plotly.min.js"
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -53,7 +57,12 @@ def on_files(files: Files, config) -> Files:
     for name in GALLERY + GALLERY_COMPARE:
         if (demo / name).is_file():
             files.append(File.generated(config, f"gallery/{name}", abs_src_path=str(demo / name)))
-    files.append(File.generated(config, "quickstart.ipynb", abs_src_path=str(executed_notebook())))
+    pages = BUILD / "pages"  # a real source folder: mkdocs-jupyter cannot read generated files
+    pages.mkdir(parents=True, exist_ok=True)
+    (pages / "quickstart.ipynb").write_text(site_notebook(executed_notebook()), encoding="utf-8")
+    files.append(File("quickstart.ipynb", src_dir=str(pages), dest_dir=config["site_dir"],
+                      use_directory_urls=config["use_directory_urls"]))
+    files.append(File.generated(config, PLOTLY_JS, abs_src_path=str(plotly_js())))
     return files
 
 
@@ -69,7 +78,10 @@ _ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|exc|obj):<code>(~?)([\w.]
 
 
 def on_page_content(html: str, page, config, files) -> str:
-    """``:func:`lossmap.x.y``` in a docstring → ``lossmap.x.y`` as code, linked where the reference has it."""
+    """``:func:`lossmap.x.y``` in a docstring → ``lossmap.x.y`` as code, linked where the reference has it;
+    the notebook page loads plotly.js before its figures."""
+    if page.file.src_uri == "quickstart.ipynb":
+        html = f'<script src="{get_relative_url(PLOTLY_JS, page.url)}"></script>\n' + html
 
     def link(m: re.Match) -> str:
         short, ident = m.group(1), m.group(2)
@@ -239,3 +251,34 @@ def execute_notebook(source: Path, target: Path, timeout: int = 900) -> Path:
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
     target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return target
+
+
+def site_notebook(path: Path) -> str:
+    """The executed notebook as the site shows it: each plotly figure as a div that plotly.js draws."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    count = 0
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if PLOTLY_MIME not in data:
+                continue
+            count += 1
+            fig = data.pop(PLOTLY_MIME)
+            div = f"lossmap-plotly-{count}"
+            height = int((fig.get("layout") or {}).get("height") or 520)
+            args = ", ".join(json.dumps(fig.get(k) or {}) for k in ("data", "layout"))
+            data["text/html"] = (
+                f'<div id="{div}" class="plotly-graph-div" style="height:{height}px; width:100%;"></div>\n'
+                f'<script>Plotly.newPlot("{div}", {args}, {{"responsive": true}});</script>'
+            )
+    return json.dumps(nb, ensure_ascii=False)
+
+
+def plotly_js() -> Path:
+    """plotly.js as the installed plotly package ships it (what the HTML report embeds)."""
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise PluginError(f"plotly.js is not at {path}: reinstall plotly")
+    return path
