@@ -89,7 +89,7 @@ def tune_allocator() -> bool:
 
     Example:
         >>> import lossmap
-        >>> lossmap.tune_allocator()              # doctest: +SKIP (changes this process's allocator)
+        >>> lossmap.tune_allocator()              # changes this process's allocator  # doctest: +SKIP
         True
     """
     return tune()
