@@ -87,7 +87,7 @@ def tune_allocator() -> bool:
     Returns:
         bool: True when the allocator is tuned (now or already); False on C libraries other than glibc.
 
-    Example:
+    Examples:
         >>> import lossmap
         >>> lossmap.tune_allocator()              # changes this process's allocator  # doctest: +SKIP
         True

@@ -3,7 +3,7 @@
 Registered when ``lossmap.compute``, ``lossmap.load`` or another top-level name is first used (or on
 ``import lossmap.accessor``). Figures are returned, so a notebook cell ending in one displays it.
 
-Example:
+Examples:
     >>> import lossmap                                    # doctest: +SKIP
     >>> ds = lossmap.load("plane.nc")                     # doctest: +SKIP
     >>> ds.lossmap.contour()                              # doctest: +SKIP
@@ -29,7 +29,7 @@ class LandscapeAccessor:
     Args:
         ds (xr.Dataset): the landscape (xarray passes it).
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
         >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)

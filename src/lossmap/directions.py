@@ -93,7 +93,7 @@ class Directions:
         labels (list[str]): axis labels.
         origin_sha256 (str): the hash of θ0 the directions were made for.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> net = torch.nn.Linear(3, 2)
         >>> d = lossmap.Directions(tensors=[{n: torch.ones_like(p) for n, p in net.named_parameters()}])
@@ -217,7 +217,7 @@ class Directions:
         Returns:
             Path: the path written.
 
-        Example:
+        Examples:
             >>> import pathlib, tempfile, torch, lossmap
             >>> d = lossmap.random_directions(torch.nn.Linear(3, 2), count=2, seed=1)
             >>> path = d.save(pathlib.Path(tempfile.mkdtemp()) / "d.safetensors")
@@ -311,7 +311,7 @@ def normalize(
     Returns:
         dict[str, torch.Tensor]: the normalized direction (``direction`` is not changed).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.directions import normalize
         >>> theta = {"w": torch.tensor([[3.0, 4.0], [0.0, 1.0]]), "b": torch.ones(2)}
@@ -391,7 +391,7 @@ def random_directions(
     Returns:
         Directions: ``kind="random"``, with θ* marked at the origin.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> d = lossmap.random_directions(net, count=2, seed=0)
@@ -468,7 +468,7 @@ def target_directions(
     Returns:
         Directions: ``kind="target"``, unnormalized, with the models as markers.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
         >>> d = lossmap.target_directions(a, b)

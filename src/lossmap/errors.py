@@ -8,7 +8,7 @@ class LossmapError(Exception):
 
     The command line prints it as one line on stderr and exits with status 2.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> try:
         ...     lossmap.compute(torch.nn.Linear(2, 1), (torch.randn(4, 2), torch.randn(4, 1)), x="-1:1")

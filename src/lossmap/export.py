@@ -49,7 +49,7 @@ def surface_z(
     Returns:
         tuple[np.ndarray, np.ndarray]: ``(z, valid)``, both shaped like ``values`` (``valid``: finite points).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from lossmap.export import surface_z
         >>> z, valid = surface_z(np.array([[1.0, 10.0], [100.0, np.nan]]), log=True)
@@ -90,7 +90,7 @@ def grid_mesh(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, 
     Returns:
         tuple[np.ndarray, np.ndarray]: vertices ``(nx·ny, 3)`` and triangles ``(2·(nx−1)·(ny−1), 3)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from lossmap.export import grid_mesh
         >>> vertices, triangles = grid_mesh(np.arange(3.0), np.arange(2.0), np.zeros((3, 2)))
@@ -134,7 +134,7 @@ def export_mesh(
     Returns:
         Path: the path written.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, torch, lossmap
         >>> from lossmap.export import export_mesh
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))

@@ -25,7 +25,7 @@ def parse_axis(spec: str | Sequence[float] | np.ndarray, name: str = "axis") -> 
     Returns:
         np.ndarray: the coefficients, float64.
 
-    Example:
+    Examples:
         >>> from lossmap.grid import parse_axis
         >>> parse_axis("-1:1:5").tolist(), parse_axis([0.0, 0.5]).tolist()
         ([-1.0, -0.5, 0.0, 0.5, 1.0], [0.0, 0.5])

@@ -109,7 +109,7 @@ def compute(model: nn.Module, data: Any, x: str | Sequence[float] = "-1:1:51", y
     Ctrl-C saves the finished points and raises :class:`Interrupted` (SIGTERM: :class:`Terminated`). Under
     ``torchrun`` the chunks are shared among the ranks and rank 0 writes ``out`` (:mod:`lossmap.distributed`).
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -192,7 +192,7 @@ def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Pat
     Returns:
         Path: the path written.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> net = torch.nn.Linear(3, 2)
         >>> d = lossmap.random_directions(net, count=1, seed=0)

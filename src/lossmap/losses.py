@@ -51,7 +51,7 @@ class Loss:
         per_example (Callable[[Any, Any], torch.Tensor] | None): one value per example (``[batch]``, the mean
             over each example's elements), or None.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.losses import resolve_loss
         >>> mse = resolve_loss(torch.nn.MSELoss())
@@ -89,7 +89,7 @@ class Metric:
             one value per example (shape ``[batch]``).
         higher_is_better (bool): the direction plots and summaries use (a plain function is lower-is-better).
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> top1 = lossmap.Metric(lambda out, y: (out.argmax(1) == y).float(), higher_is_better=True)
         >>> net, data = torch.nn.Linear(4, 3), (torch.randn(16, 4), torch.randint(0, 3, (16,)))
@@ -175,7 +175,7 @@ def default_loss(target: Any) -> Loss:
     Returns:
         Loss: cross-entropy for class indices, MSE (mean over all elements, as ``nn.MSELoss()``) for floats.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.losses import default_loss
         >>> default_loss(torch.tensor([1, 0])).name, default_loss(torch.zeros(2, 3)).name
@@ -226,7 +226,7 @@ def resolve_loss(loss_fn: Any, target: Any = None) -> Loss:
     Raises:
         LossmapError: an unknown name, or no default without targets.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.losses import resolve_loss
         >>> resolve_loss(None, torch.tensor([0, 2])).name
@@ -340,7 +340,7 @@ def output_transform(spec: Any) -> OutputTransform:
     Returns:
         OutputTransform: callable on a model's output.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.losses import output_transform
         >>> pick = output_transform("logits")

@@ -24,7 +24,7 @@ class MnistCNN(nn.Module):
     fc 9216→128, ReLU, dropout .5, fc 128→10, log-softmax. Inputs are ``[batch, 1, 28, 28]``; the output is
     log-probabilities (cross-entropy on them equals NLL).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.models import MnistCNN
         >>> net = MnistCNN()
@@ -72,7 +72,7 @@ def resolve_factory(spec: str, what: str) -> Callable:
     Raises:
         LossmapError: the module, file or name does not exist, or importing it fails.
 
-    Example:
+    Examples:
         >>> from lossmap.models import resolve_factory
         >>> resolve_factory("torch.nn:Linear", "model")(2, 3)
         Linear(in_features=2, out_features=3, bias=True)
@@ -122,7 +122,7 @@ def load_model(spec: str) -> nn.Module:
     Returns:
         nn.Module: the model, freshly built (load a checkpoint into it with :func:`load_checkpoint`).
 
-    Example:
+    Examples:
         >>> from lossmap.models import load_model
         >>> type(load_model("mnist-cnn")).__name__
         'MnistCNN'
@@ -173,7 +173,7 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
     Raises:
         LossmapError: naming missing and unexpected keys and shape mismatches.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.models import load_state_dict_into
         >>> net = torch.nn.Linear(2, 1)
@@ -217,7 +217,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     Raises:
         LossmapError: a missing or unreadable file, or a state dict that does not fit the model.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, torch
         >>> from lossmap.models import load_checkpoint, save_checkpoint
         >>> path = save_checkpoint(torch.nn.Linear(2, 1), pathlib.Path(tempfile.mkdtemp()) / "a.safetensors")
@@ -238,7 +238,7 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
     Returns:
         Path: the path written.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, torch
         >>> from lossmap.models import save_checkpoint
         >>> save_checkpoint(torch.nn.Linear(2, 1), pathlib.Path(tempfile.mkdtemp()) / "net.pt").suffix

@@ -12,7 +12,7 @@ loss and metrics (:mod:`lossmap.losses`). It gives
   evaluation mode — what curvature and connectivity analyses build on;
 * per-example losses (:meth:`per_example`) — what standard errors build on.
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> from lossmap.objective import Objective
@@ -103,7 +103,7 @@ class Objective:
         names (list[str]): the selected tensors' names, in model order.
         theta0 (dict[str, torch.Tensor]): θ0 of the selected tensors.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> from torch import nn
         >>> torch.manual_seed(0) and None
@@ -257,7 +257,7 @@ class Objective:
         Returns:
             dict[str, torch.Tensor]: H·v, shaped like ``v``.
 
-        Example:
+        Examples:
             >>> import torch, lossmap
             >>> net = torch.nn.Linear(2, 1, bias=False)
             >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])

@@ -46,7 +46,7 @@ class Interrupted(KeyboardInterrupt):
     A subclass of ``KeyboardInterrupt``, so code that stops on Ctrl-C still stops; rerunning the same call
     resumes the file.
 
-    Example:
+    Examples:
         >>> import lossmap
         >>> issubclass(lossmap.Interrupted, KeyboardInterrupt)
         True
@@ -56,7 +56,7 @@ class Interrupted(KeyboardInterrupt):
 class Terminated(Interrupted):
     """SIGTERM (e.g. torchrun stopping the job because another rank failed) during :func:`lossmap.compute`.
 
-    Example:
+    Examples:
         >>> import lossmap
         >>> issubclass(lossmap.Terminated, lossmap.Interrupted)
         True

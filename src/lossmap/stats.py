@@ -109,7 +109,7 @@ def summarize(
             ``argmin_x`` (``argmin_y``), ``rise``, ``rise_radius_xpos``, ``rise_radius_xneg`` (``…_ypos``,
             ``…_yneg``), ``ball_radius``, ``ball_mean_increase``, ``ball_points``; keys with ``y`` only for 2-D.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.stats import summarize
         >>> x = np.linspace(-1, 1, 21)
@@ -206,7 +206,7 @@ def attach(ds: xr.Dataset, metric: str = "loss", rise: float | None = None, radi
     Returns:
         xr.Dataset: ``ds`` itself, with the ``summary_*`` attributes.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.stats import attach
         >>> x = np.linspace(-1, 1, 11)
@@ -276,7 +276,7 @@ def caveats(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> list[str]:
     Returns:
         list[str]: one sentence per differing setting; empty when they agree.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.stats import caveats
         >>> a = xr.Dataset({"loss": ("x", np.zeros(3))}, attrs={"normalization": "filter", "metrics": '["loss"]'})
@@ -314,7 +314,7 @@ def table(summaries: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     Returns:
         str: the table, one line per number.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.stats import summarize, table
         >>> x = np.linspace(-1, 1, 11)

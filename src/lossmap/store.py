@@ -76,7 +76,7 @@ def meta(ds: xr.Dataset) -> dict[str, Any]:
     Returns:
         dict[str, Any]: every attribute; ``metrics``, ``markers``, ``settings``, … as Python objects.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> from lossmap import store
         >>> ds = lossmap.compute(torch.nn.Linear(2, 3), (torch.randn(8, 2), torch.randint(0, 3, (8,))), x="-1:1:3")
@@ -102,7 +102,7 @@ def directions_path(landscape_path: str | Path) -> Path:
     Returns:
         Path: e.g. ``run.directions.safetensors`` in the same folder.
 
-    Example:
+    Examples:
         >>> from lossmap.store import directions_path
         >>> directions_path("runs/plane.nc").as_posix()
         'runs/plane.directions.safetensors'
@@ -120,7 +120,7 @@ def metric_names(ds: xr.Dataset) -> list[str]:
     Returns:
         list[str]: e.g. ``["loss", "accuracy"]``.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.store import metric_names
         >>> ds = xr.Dataset({"accuracy": ("x", np.ones(3)), "loss": ("x", np.zeros(3))}, attrs={"metrics": '["loss", "accuracy"]'})
@@ -146,7 +146,7 @@ def require_metric(ds: xr.Dataset, metric: str, source: str = "the landscape") -
     Raises:
         LossmapError: one line naming the metrics ``ds`` has.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.store import require_metric
         >>> ds = xr.Dataset({"loss": ("x", np.zeros(3))})
@@ -172,7 +172,7 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
     Returns:
         Path: the path written.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, torch, lossmap
         >>> from lossmap import store
         >>> ds = lossmap.compute(torch.nn.Linear(2, 1), (torch.randn(8, 2), torch.randn(8, 1)), x="-1:1:5")
@@ -269,7 +269,7 @@ def done_mask(ds: xr.Dataset) -> np.ndarray:
     Returns:
         np.ndarray: booleans in the metrics' shape; all True for a complete landscape.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.store import done_mask, partial_dataset
         >>> ds = xr.Dataset({"loss": ("x", np.arange(4.0))}, coords={"x": np.arange(4.0)}, attrs={"metrics": '["loss"]'})
@@ -292,7 +292,7 @@ def progress(ds: xr.Dataset) -> tuple[int, int]:
     Returns:
         tuple[int, int]: ``(points done, points in the grid)``.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.store import partial_dataset, progress
         >>> ds = xr.Dataset({"loss": ("x", np.arange(4.0))}, coords={"x": np.arange(4.0)}, attrs={"metrics": '["loss"]'})
@@ -312,7 +312,7 @@ def is_complete(ds: xr.Dataset) -> bool:
     Returns:
         bool: True when no point is missing.
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.store import is_complete
         >>> is_complete(xr.Dataset({"loss": ("x", np.zeros(3))}, attrs={"metrics": '["loss"]'}))
@@ -353,7 +353,7 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> None:
     Raises:
         LossmapError: saying what is wrong (not a landscape, a newer format, damaged).
 
-    Example:
+    Examples:
         >>> import xarray as xr
         >>> from lossmap.store import validate
         >>> validate(xr.Dataset(), "my.nc")
@@ -394,7 +394,7 @@ def load(path: str | Path) -> xr.Dataset:
     Raises:
         LossmapError: the file is missing, damaged or not a landscape.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, torch, lossmap
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "line.nc"
         >>> ds = lossmap.compute(torch.nn.Linear(2, 1), (torch.randn(8, 2), torch.randn(8, 1)), x="-1:1:5", out=path)

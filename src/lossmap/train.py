@@ -34,7 +34,7 @@ def seeded(seed: int) -> Iterator[None]:
     Returns:
         Iterator[None]: a context manager.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lossmap.train import seeded
         >>> with seeded(0):
@@ -61,7 +61,7 @@ def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 512) -> tu
     Returns:
         tuple[float, float]: ``(mean cross-entropy, accuracy)``.
 
-    Example:
+    Examples:
         >>> from lossmap.data import digits
         >>> from lossmap.models import MnistCNN
         >>> from lossmap.train import accuracy, seeded
@@ -101,7 +101,7 @@ class TrainResult:
         test_loss (float): the same on the test data.
         seconds (float): the wall time.
 
-    Example:
+    Examples:
         >>> from lossmap.train import TrainResult
         >>> TrainResult(epochs=1, optimizer="sgd", batch_size=8, lr=0.01, train_accuracy=0.9, test_accuracy=0.85).describe()
         'sgd lr=0.01 batch=8, 1 epochs: train accuracy 90.00%, test accuracy 85.00%'
@@ -166,7 +166,7 @@ def train(
     Returns:
         TrainResult: the per-epoch losses and the final accuracies.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> from lossmap.train import train

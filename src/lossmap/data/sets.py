@@ -48,7 +48,7 @@ def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> T
     Returns:
         TensorDataset: images ``[N, 1, 28, 28]`` (float32, normalized like MNIST) and labels ``[N]`` (int64).
 
-    Example:
+    Examples:
         >>> from lossmap.data import digits
         >>> test = digits("test")
         >>> len(test), tuple(test[0][0].shape)
@@ -108,7 +108,7 @@ def mnist(folder: str | Path, split: str = "train") -> TensorDataset:
     Raises:
         LossmapError: the folder or a file is missing or damaged.
 
-    Example:
+    Examples:
         >>> from lossmap.data import mnist
         >>> test = mnist("data/mnist", "test")                    # needs MNIST on disk  # doctest: +SKIP
         >>> len(test)                                             # doctest: +SKIP
@@ -135,7 +135,7 @@ def npz(path: str | Path) -> TensorDataset:
     Returns:
         TensorDataset: ``x`` and ``y`` as tensors.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile, numpy as np
         >>> from lossmap.data import npz
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "d.npz"
@@ -180,7 +180,7 @@ def load_data(spec: str) -> Any:
     Raises:
         LossmapError: an unknown spec, a missing file, or a factory that fails.
 
-    Example:
+    Examples:
         >>> from lossmap.data import load_data
         >>> len(load_data("digits:train"))
         1437

@@ -264,7 +264,7 @@ def landscape_figures(
     Returns:
         dict[str, go.Figure]: ``surface`` and ``contour`` (2-D only) and ``lines``.
 
-    Example:
+    Examples:
         >>> from lossmap.plot.interactive import landscape_figures
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
@@ -312,7 +312,7 @@ def comparison_figures(
     Raises:
         LossmapError: the landscapes cannot be compared (different grids or metrics).
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> from lossmap.plot.interactive import comparison_figures
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
@@ -520,7 +520,7 @@ def write_report(
     Returns:
         Path: the path written.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))

@@ -357,7 +357,7 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     Returns:
         tuple[Figure, Axes]: the figure and the left axis.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
@@ -517,7 +517,7 @@ def plot_contour(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     Returns:
         tuple[Figure, Axes]: the figure and the axes; the ``ContourSet`` is in ``ax.collections``.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
         >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
@@ -552,7 +552,7 @@ def plot_heatmap(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     Returns:
         tuple[Figure, Axes]: the figure and the axes.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
         >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
@@ -621,7 +621,7 @@ def plot_surface(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     Returns:
         tuple[Figure, Axes]: the figure and the 3-D axes.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
         >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
@@ -673,7 +673,7 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
     Raises:
         LossmapError: the landscapes have different grids or lack the metric.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
         >>> planes = [lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:5", y="-1:1:5") for _ in range(2)]
@@ -780,7 +780,7 @@ def save_figure(fig: Any, path_or_stem: str | Path, formats: Sequence[str] | str
     Returns:
         list[Path]: the paths written.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> from lossmap.plot.static import save_figure
         >>> import torch, lossmap
@@ -834,7 +834,7 @@ def kinds_for(ds: xr.Dataset) -> tuple[str, ...]:
         tuple[str, ...]: 1-D ``("line",)``; 2-D all of :data:`KINDS_2D`, but only ``heatmap`` and ``line`` when
             an axis has a single point (contours and surfaces need 2 points each way).
 
-    Example:
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.plot.static import kinds_for
         >>> kinds_for(xr.Dataset({"loss": (("x", "y"), np.zeros((5, 1)))}, coords={"x": np.arange(5.0), "y": [0.0]}))
@@ -864,7 +864,7 @@ def figure(ds: xr.Dataset, kind: str, metric: str | None = None, log: bool = Fal
     Returns:
         Any: the matplotlib figure.
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
         >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
@@ -912,7 +912,7 @@ def plot_all(ds: xr.Dataset, out_stem: str | Path, formats: Sequence[str] = ("pn
     Returns:
         list[Path]: the paths written.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import torch, lossmap
         >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
