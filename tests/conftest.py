@@ -51,3 +51,24 @@ def quick_demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "lossmap-demo"
     assert main(["demo", "--quick", "--compare", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def executed_quickstart(tmp_path_factory) -> tuple[Path, BaseException | None]:
+    """``examples/quickstart.ipynb`` run top to bottom in a fresh kernel (in an empty folder), once per session:
+    ``(the executed copy, the error that stopped it or None)``. The site is built from this copy."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    folder = tmp_path_factory.mktemp("notebook")
+    nb = nbformat.read(root / "examples" / "quickstart.ipynb", as_version=4)
+    error = None
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    except Exception as exc:  # noqa: BLE001 - the notebook test reports it
+        error = exc
+    out = folder / "quickstart.executed.ipynb"
+    out.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+    return out, error

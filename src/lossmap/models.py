@@ -42,6 +42,14 @@ class MnistCNN(nn.Module):
         self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the ten classes.
+
+        Args:
+            x (torch.Tensor): images ``[batch, 1, 28, 28]``.
+
+        Returns:
+            torch.Tensor: ``[batch, 10]`` log-probabilities.
+        """
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
         x = F.max_pool2d(x, 2)
