@@ -81,6 +81,9 @@ def on_page_content(html: str, page, config, files) -> str:
     """``:func:`lossmap.x.y``` in a docstring → ``lossmap.x.y`` as code, linked where the reference has it;
     the notebook page loads plotly.js before its figures."""
     if page.file.src_uri == "quickstart.ipynb":
+        # mkdocs-jupyter's template loads MathJax from an empty URL (the page itself) unless one is configured;
+        # the notebook has no formulas, so the tag goes
+        html = html.replace('<script src=""> </script>', "")
         html = f'<script src="{get_relative_url(PLOTLY_JS, page.url)}"></script>\n' + html
 
     def link(m: re.Match) -> str:
@@ -265,7 +268,9 @@ def site_notebook(path: Path) -> str:
             count += 1
             fig = data.pop(PLOTLY_MIME)
             div = f"lossmap-plotly-{count}"
-            height = int((fig.get("layout") or {}).get("height") or 520)
+            layout = fig.setdefault("layout", {})
+            layout.pop("width", None)  # the page's column decides
+            height = int(layout.get("height") or 520)
             args = ", ".join(json.dumps(fig.get(k) or {}) for k in ("data", "layout"))
             data["text/html"] = (
                 f'<div id="{div}" class="plotly-graph-div" style="height:{height}px; width:100%;"></div>\n'
