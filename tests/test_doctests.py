@@ -16,7 +16,8 @@ import yaml
 import lossmap
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["lossmap", *sorted(m.name for m in pkgutil.walk_packages(lossmap.__path__, "lossmap."))]
+MODULES = ["lossmap", *sorted(m.name for m in pkgutil.walk_packages(lossmap.__path__, "lossmap.")
+                              if not m.name.endswith("__main__"))]  # importing that one runs the command line
 
 
 @pytest.mark.slow

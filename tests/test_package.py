@@ -28,6 +28,8 @@ names = 0
 for name in lossmap.__all__:
     getattr(lossmap, name); names += 1
 for info in pkgutil.walk_packages(lossmap.__path__, "lossmap."):
+    if info.name.endswith("__main__"):  # python -m lossmap: running it is the command line itself
+        continue
     module = importlib.import_module(info.name)
     for name in getattr(module, "__all__", []):
         getattr(module, name); names += 1
@@ -53,12 +55,18 @@ def _local_torch_wheel() -> Path:
     return found[0]
 
 
-@pytest.mark.slow
-def test_sdist_and_wheel_pass_twine_check(tmp_path):
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    """The sdist and the wheel ``python -m build`` makes from this checkout (the wheel built from the sdist)."""
     pytest.importorskip("build")
+    out = tmp_path_factory.mktemp("dist")
+    _run([sys.executable, "-m", "build", "--outdir", out, ROOT], cwd=out)
+    return out
+
+
+@pytest.mark.slow
+def test_sdist_and_wheel_pass_twine_check(dist, tmp_path):
     pytest.importorskip("twine")
-    dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "build", "--outdir", dist, ROOT], cwd=tmp_path)
     import lossmap
 
     wheel = dist / f"lossmap-{lossmap.__version__}-py3-none-any.whl"
@@ -78,15 +86,11 @@ def test_sdist_and_wheel_pass_twine_check(tmp_path):
     with tarfile.open(sdist) as tf:
         members = tf.getnames()
     assert f"lossmap-{lossmap.__version__}/LICENSE" in members and f"lossmap-{lossmap.__version__}/CHANGELOG.md" in members
-    (tmp_path / "wheel-path").write_text(str(wheel))
 
 
 @pytest.mark.slow
-def test_wheel_in_a_fresh_venv_imports_everything_and_runs_the_quick_demo(tmp_path):
-    pytest.importorskip("build")
+def test_wheel_in_a_fresh_venv_imports_everything_and_runs_the_quick_demo(dist, tmp_path):
     torch_wheel = _local_torch_wheel()
-    dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "build", "--wheel", "--outdir", dist, ROOT], cwd=tmp_path)
     wheel = next(dist.glob("lossmap-*.whl"))
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=tmp_path)
