@@ -167,7 +167,7 @@ def with_curvature(ds: xr.Dataset, state: CurvatureState, seed: int = 0) -> xr.D
     if not state.done.all():
         out = out.assign_coords({CURVATURE_DONE: (dims, state.done.reshape(shape).astype(np.uint8))})
     out.attrs.update(curvature_tol=state.tol, curvature_seed=int(seed), curvature_hvp_method=state.method,
-                     curvature_hvps=int(state.hvps.sum()), curvature_points_done=int(state.done.sum()),
+                     curvature_hvps=int(state.hvps[state.done].sum()), curvature_points_done=int(state.done.sum()),
                      curvature_seconds=round(state.seconds, 3))
     return out
 
