@@ -138,17 +138,18 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda line: print(line, flush=True)) if is_primary() else (lambda line: None)
     if args.allow_nondeterministic:
         logging.getLogger("lossmap").warning("--allow-nondeterministic: the Hessian-vector products are not checked for determinism")
+    reduce = reducer(objective, ranks)
     with c.Timer() as t:
         spectrum = spectrum_of(
             objective, top=args.top, bottom=args.bottom, tol=args.tol,
             trace_matvecs=args.trace_matvecs if args.trace else None,
             density_steps=args.steps if args.density else None, density_runs=args.runs, per_layer=args.per_layer,
-            seed=args.seed, method=args.hvp, reduce=reducer(objective, ranks), probe=not args.allow_nondeterministic,
+            seed=args.seed, method=args.hvp, reduce=reduce, probe=not args.allow_nondeterministic,
             say=say,
         )
     if not is_primary():
         return 0
-    samples = objective.source.total * (ranks.world if ranks is not None else 1)
+    samples = reduce.total if reduce is not None else objective.source.total
     attrs = dict(loss=objective.loss.name, data=args.data, samples=int(samples), model=args.model,
                  checkpoint=args.checkpoint or "", dtype=str(objective.theta0[objective.names[0]].dtype).replace("torch.", ""),
                  device=str(objective.device), ranks=ranks.world if ranks is not None else 1,
