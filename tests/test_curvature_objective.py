@@ -295,3 +295,16 @@ def test_the_probe_refuses_randomness_and_picks_a_method():
         bad = {k: t.clone() for k, t in obj.theta0.items()}
         bad["0.weight"][0, 0] = math.nan
     one_line(lambda: check_deterministic(hessian_operator(obj, bad)), "non-finite")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_spectrum_on_cuda_matches_the_cpu_autograd_hessian():
+    model, x, y = _mlp(10)
+    ref = np.linalg.eigvalsh(autograd_hessian(model, x, y))
+    obj = Objective(model, (x, y), device="cuda", batch_size=16)
+    s = spectrum_of(obj, top=2, bottom=1, tol=1e-10, trace_matvecs=3 * ref.size)
+    assert s.top.vectors[0]["0.weight"].device.type == "cuda"
+    np.testing.assert_allclose(s.top.values, ref[::-1][:2], rtol=1e-8)
+    np.testing.assert_allclose(s.bottom.values, ref[:1], rtol=1e-8)
+    assert abs(s.trace.estimate - ref.sum()) < 1e-8 * np.abs(ref).sum()
