@@ -12,7 +12,9 @@ CNN (bench/run.py's checkpoint), the same samples in batches of 250 (equal batch
                          doubled from 10 until every Ritz pair meets tol (only the converged run is timed);
                          hutch_plus_plus with the same number of HVPs;
   curvlinops             3.0.1: HessianLinearOperator (forward-over-reverse), .to_scipy() with eigsh (same tol, same
-                         start vector); hutchpp_trace with the same number of HVPs.
+                         start vector); hutchpp_trace with the same number of HVPs;
+  interleaved            one HVP of each implementation in turn, three rounds, in one process (the fair per-product
+                         cost on a machine whose load changes between the contenders' runs).
 The tolerance is relative: ‖Hx − λx‖ ≤ tol·|λ| for every pair (ARPACK and hessian-eigenthings' Ritz test are the
 same criterion). Also: the cost of one HVP against one gradient (lossmap, both HVP methods).
 Results: a table here and JSON under bench/results/.
@@ -170,7 +172,42 @@ def w_curvlinops(cfg: dict) -> dict:
                 trace_se=None, trace_hvps=m, trace_s=t_tr, threads=torch.get_num_threads())
 
 
-WORKERS = {"lossmap": w_lossmap, "hessian-eigenthings": w_eigenthings, "curvlinops": w_curvlinops}
+def w_interleaved(cfg: dict) -> dict:
+    """One HVP of each implementation in turn, ``rounds`` times, in one process: on a shared machine whose load
+    changes, this compares the cost of one product fairly (the contenders' own runs are minutes apart)."""
+    import hessian_eigenthings as he
+    import numpy as np
+    import torch
+    from curvlinops import HessianLinearOperator
+    from torch import nn
+
+    from lossmap.curvature.hessian import hessian_operator
+    from lossmap.objective import Objective
+
+    x, y = load_xy(cfg["samples"])
+    data, net = batches(cfg["samples"]), model()
+    ops = {m: hessian_operator(Objective(net, (x, y), "nll", metrics={}, batch_size=BATCH), method=m)
+           for m in ("forward-over-reverse", "double-backward")}
+    eo = he.HessianOperator(net, data, he.supervised_loss(nn.NLLLoss()))
+    cl = HessianLinearOperator(net, nn.NLLLoss(), list(net.parameters()), data, check_deterministic=False).to_scipy()
+    v = start_vector(ops["double-backward"].shape[0])
+    vt, v32 = torch.as_tensor(v, dtype=torch.float32), v.astype(np.float32)
+    fns = {"lossmap forward-over-reverse": lambda: ops["forward-over-reverse"].matvec(v),
+           "lossmap double-backward": lambda: ops["double-backward"].matvec(v),
+           "hessian-eigenthings": lambda: eo.matvec(vt), "curvlinops": lambda: cl @ v32}
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(cfg.get("rounds", 3)):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {"per_hvp_s": {k: float(np.median(t)) for k, t in times.items()}, "per_hvp_all_s": times}
+
+
+WORKERS = {"lossmap": w_lossmap, "hessian-eigenthings": w_eigenthings, "curvlinops": w_curvlinops,
+           "interleaved": w_interleaved}
 
 
 def child(name: str, cfg: dict) -> dict:
@@ -191,6 +228,8 @@ def table(results: dict) -> str:
     ref = results.get("lossmap", {})
     rows = [f"{'':22s} {'top-5 eigenvalues':44s} {'HVPs':>5s} {'s':>7s} {'trace ± SE':>20s} {'HVPs':>5s} {'s':>7s} {'MB':>6s}"]
     for name, r in results.items():
+        if name == "interleaved":
+            continue
         if "error" in r:
             rows.append(f"{name:22s} failed: {r['error']}")
             continue
@@ -199,10 +238,14 @@ def table(results: dict) -> str:
                     f"{r['trace']:11.5g} ± {se:>6s} {r['trace_hvps']:5d} {r['trace_s']:7.1f} {r['peak_rss_mb']:6.0f}")
     if "eig_s" in ref:
         for name, r in results.items():
-            if name != "lossmap" and "eig_s" in r:
+            if name not in ("lossmap", "interleaved") and "eig_s" in r:
                 rows.append(f"lossmap vs {name}: top-5 {r['eig_s'] / ref['eig_s']:.2f}x faster, trace "
                             f"{r['trace_s'] / ref['trace_s']:.2f}x faster, top-5 max rel. difference "
                             f"{max(abs(a - b) / abs(b) for a, b in zip(ref['top5'], r['top5'])):.1e}")
+    inter = results.get("interleaved", {}).get("per_hvp_s")
+    if inter:
+        rows.append("one HVP, implementations in turn in one process (median): "
+                    + "; ".join(f"{k} {v:.2f} s" for k, v in inter.items()))
     if "grad_s" in ref:
         rows.append(f"one gradient {ref['grad_s']:.2f} s; one HVP: forward-over-reverse {ref['hvp_forward_s']:.2f} s "
                     f"({ref['hvp_forward_s'] / ref['grad_s']:.2f}x), double backward {ref['hvp_double_s']:.2f} s "
