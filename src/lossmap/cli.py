@@ -16,7 +16,7 @@ from . import __version__
 from .errors import LossmapError
 
 COMMANDS = ("demo", "surface", "interpolate", "plot", "info", "report", "compare", "export", "trajectory", "animate",
-            "connect", "curve")
+            "hessian", "connect", "curve")
 
 
 class _Parser(argparse.ArgumentParser):

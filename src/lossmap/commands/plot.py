@@ -9,7 +9,7 @@ from pathlib import Path
 from ._common import levels_option
 
 
-KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "all")
+KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "curvature", "all")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS, default="all",
                    help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D; "
                         "for a trajectory file also 'trajectory', the path over the map and on the surface side by side, "
-                        "and its contour and surface figures carry the path)")
+                        "and its contour and surface figures carry the path; 'curvature' for a landscape made with "
+                        "surface --curvature)")
     p.add_argument("--metric", default="loss", help="metric for 2-D figures (default: loss)")
     p.add_argument("--log", action="store_true", help="log scale for the metric")
     p.add_argument("--vmin", type=float, help="lower end of the colour range / contour levels")
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import store
     from ..errors import LossmapError
     from ..plot import static
+    from ..plot.curvature import has_curvature
     from ..plot.scale import DEFAULT_LEVELS
 
     formats = [f.strip().lower().lstrip(".") for f in args.format.split(",") if f.strip()]
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     ds = store.load(args.file)
     two_d = "y" in ds.dims
     store.require_metric(ds, args.metric, repr(args.file))
-    if args.kind not in ("line", "all") and not two_d:
+    if args.kind not in ("line", "all", "curvature") and not two_d:
         raise LossmapError(f"--kind {args.kind} needs a 2-D landscape; {args.file!r} is 1-D: use --kind line")
 
     src = Path(args.file)
@@ -71,9 +73,21 @@ def run(args: argparse.Namespace) -> int:
     options = dict(metric=args.metric, log=args.log, levels=levels, vmin=args.vmin, vmax=args.vmax)
     if args.kind == "all":
         written = static.plot_all(ds, out, formats, **options)
+        written += _curvature_figure(ds, None, formats, stem=out) if has_curvature(ds) else []
+    elif args.kind == "curvature":
+        written = _curvature_figure(ds, out if single_file else None, formats, stem=out)
     else:
         fig = static.figure(ds, args.kind, **options)
         written = static.save_figure(fig, out if single_file else static.figure_stem(out, args.kind), formats)
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _curvature_figure(ds, out: Path | None, formats: list[str], stem: Path | None = None) -> list[Path]:
+    """The curvature map (``--kind curvature``) as ``<stem>_curvature.<fmt>``, or exactly ``out``."""
+    from ..plot import static
+    from ..plot.curvature import plot_curvature
+
+    fig = plot_curvature(ds)
+    return static.save_figure(fig, out if out is not None else static.figure_stem(stem, "curvature"), formats)
