@@ -30,8 +30,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--orthogonalize", action="store_true", help="make η orthogonal to δ (2-D)")
     p.add_argument("--directions", metavar="FILE",
                    help="reuse saved directions (a .directions.safetensors file) instead of drawing new ones")
+    c.add_seeds_arg(p)
     c.add_loss_args(p)
     c.add_eval_args(p)
+    c.add_precision_args(p)
     c.add_output_args(p)
     c.allow_negative_values(p)
     p.set_defaults(func=run)
@@ -53,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
             model, data, x=args.x, y=args.y, directions=directions, seed=args.seed,
             normalization=args.normalization, bias=args.bias, orthogonalize=args.orthogonalize,
             include_buffers=buffers, tensor_filter=args.tensors,
-            **c.compute_options(args, out, device),
+            **c.compute_options(args, out, device), **c.uncertainty_options(args),
         )
     if is_primary():  # under torchrun, rank 0 speaks for all
-        print(c.summary_line(run.landscape(), out, t.seconds, computed=run.computed > 0))
+        ds = run.landscape()
+        print(c.summary_line(ds, out, t.seconds, computed=run.computed > 0) + c.uncertainty_text(ds))
     return 0
