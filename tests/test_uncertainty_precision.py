@@ -26,7 +26,7 @@ N = 4000
 Z = 1.96
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors: one thread (an OpenMP region on a busy machine costs more than the work)."""
     before = torch.get_num_threads()
