@@ -25,11 +25,13 @@ log = logging.getLogger("lossmap")
 
 
 class Shuffled(Cached):
-    """Cached batches in a random order; :meth:`fingerprint` is that of the data as given."""
+    """Cached batches in a random order; :meth:`fingerprint` is that of the data as given. ``max_batch`` (the
+    batch size) caps how far the fast engine may join batches: a point stops only at the end of a batch."""
 
     def __init__(self, batches, nondeterministic: bool, fingerprint: str, seed: int) -> None:
         super().__init__(batches, nondeterministic)
         self._fingerprint, self.seed = fingerprint, seed
+        self.max_batch = max(b.size for b in self.batches)
 
     def fingerprint(self) -> str:
         return self._fingerprint
