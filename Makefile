@@ -9,7 +9,7 @@ TORCH_LOCAL  ?= 2.13.0
 TORCH_REQ    := $(if $(wildcard $(TORCH_WHEELS)/torch-$(TORCH_LOCAL)*.whl),torch==$(TORCH_LOCAL),)
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-precision clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps loss-landscapes==3.0.6
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# evaluation to a stated precision against the full evaluation (seed CNN, 10,000 MNIST test images, 21×21)
+bench-precision: $(STAMP)
+	$(PY) bench/precision.py $(BENCH_ARGS)
 
 clean:
 	rm -rf lossmap-demo .pytest_cache

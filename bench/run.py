@@ -252,28 +252,13 @@ def w_lossmap(cfg):
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     errors = {k: float(v) for k, v in ds.attrs.items() if k.endswith("_centre_rel_error")}
     return {"seconds": seconds, "cpu_seconds": cpu, "loop_seconds": float(ds.attrs["seconds"]), "loss": ds.loss.values.tolist(),
-            "accuracy": ds.accuracy.values.tolist(), "peak_rss_mb": peak_rss_mb(), "features": _features(model, x, y, d, kw),
+            "accuracy": ds.accuracy.values.tolist(), "peak_rss_mb": peak_rss_mb(), "features": _features(model, x, y, d, kw, ds),
             **errors}
 
 
-def _features(model, x, y, d, kw):
-    import torch
-
-    from lossmap.evaluate import make_evaluator, prepare_batches
-    from lossmap.space import select_tensors
-
-    live = select_tensors(model)
-    origin = [t.detach().clone() for t in live.values()]
-    dirs = [[t[n] for n in live] for t in d.tensors]
-    batches = prepare_batches((x, y), kw.get("batch_size", 256), device=kw.get("device", "cpu"))
-    if kw.get("device", "cpu") != "cpu":
-        return [f"{kw.get('engine', 'auto')} on {kw['device']}"]
-    amp = torch.bfloat16 if kw.get("bf16") else None
-    ev = make_evaluator(model, list(live.values()), origin, dirs, batches, autocast=amp, engine=kw.get("engine", "auto"))
-    with torch.no_grad():
-        for p, o in zip(live.values(), origin):
-            p.copy_(o)
-    return [ev.engine] + list(ev.features)
+def _features(model, x, y, d, kw, ds=None):
+    """The engine and speed-ups the run used, as its file records them."""
+    return [str(ds.attrs.get("engine", "?"))] if ds is not None else ["?"]
 
 
 def w_lever(cfg):
