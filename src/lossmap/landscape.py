@@ -175,7 +175,6 @@ def _run_maker(grid: Grid, origins: list[Origin], objective: Objective, coord: A
 
     def make_run(k: int) -> Run:
         ev = objective.engine(origins[k].directions.tensors[: grid.ndim], engine=engine, autocast=autocast)
-        ev.precision = options.precision
         first = shared.get("first")
         if first is None:  # its reference pass comes with its first points
             shared["first"], shared["errors"] = ev, centre_errors(ev, grid.ndim, options.tf32)
@@ -184,6 +183,7 @@ def _run_maker(grid: Grid, origins: list[Origin], objective: Objective, coord: A
                 first.ensure_reference()
                 shared["first"] = first = (first.reference, first.pilot_sd, list(first.per_example))
             ev.reference, ev.pilot_sd, ev.per_example = first[0], first[1], list(first[2])
+        ev.precision = options.precision  # after the centre's reduced-precision check, which reads all the data
         return Run(grid, origins[k], objective, ev, coord, options, shared["errors"])
 
     return make_run

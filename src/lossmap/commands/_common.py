@@ -309,6 +309,9 @@ def uncertainty_options(args: argparse.Namespace) -> dict[str, Any]:
         check_positive(args.precision_min_batches, "--precision-min-batches")
         options["precision_min_batches"] = args.precision_min_batches
     if getattr(args, "seeds", None) is not None:
+        from ..uncertainty.seeds import parse_seeds
+
+        parse_seeds(args.seeds)  # a malformed list fails before anything is loaded
         options["seeds"] = args.seeds
     return options
 

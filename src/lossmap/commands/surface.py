@@ -42,6 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     out, device = c.check_run_args(args)  # before anything heavy is imported: argument errors answer at once
+    extra = c.uncertainty_options(args)
     from ..directions import Directions
     from ..distributed import is_primary
     from ..landscape import compute_run
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             model, data, x=args.x, y=args.y, directions=directions, seed=args.seed,
             normalization=args.normalization, bias=args.bias, orthogonalize=args.orthogonalize,
             include_buffers=buffers, tensor_filter=args.tensors,
-            **c.compute_options(args, out, device), **c.uncertainty_options(args),
+            **c.compute_options(args, out, device), **extra,
         )
     if is_primary():  # under torchrun, rank 0 speaks for all
         ds = run.landscape()

@@ -84,8 +84,15 @@ class Running:
         return self.total.shape[1] // 2
 
 
-def start(points: int, metrics: int, device: torch.device) -> Running:
-    """An empty state for ``points`` points and ``metrics`` metrics."""
+def start(points: int, metrics: int, device: torch.device | str = "cpu") -> Running:
+    """An empty state.
+
+    Args:
+        points (int): ``P``; metrics (int): ``M``; device: where the values will come from.
+
+    Returns:
+        Running: zero counts and sums.
+    """
     z = torch.zeros((points, 2 * metrics), dtype=_F64, device=device)
     return Running(torch.zeros((points, 1), dtype=_F64, device=device), z, z.clone(), z.clone())
 
@@ -98,6 +105,13 @@ def update(state: Running, values: Tensor, reference: Tensor | None, keep: Tenso
         values (Tensor[P, M, batch]): per-example values of each metric at each point.
         reference (Tensor[M, batch] or None): θ0's values of the same examples (None: the paired rows take 0).
         keep (Tensor[bool, P] or None): points that take this batch (None: all).
+
+    Example:
+        >>> st = start(1, 1)
+        >>> update(st, torch.tensor([[[1.0, 2.0]]]), torch.tensor([[1.0, 1.0]]))
+        >>> update(st, torch.tensor([[[3.0, 4.0]]]), torch.tensor([[3.0, 3.0]]))
+        >>> result(st).round(6).tolist()   # mean, s/√n, paired s_d/√n, n
+        [[2.5, 0.645497, 0.288675, 4.0]]
     """
     v = values.to(_F64)
     d = v - reference.to(_F64) if reference is not None else torch.zeros_like(v)
@@ -139,8 +153,13 @@ def n_columns(metrics: int) -> int:
 
 
 def result(state: Running) -> np.ndarray:
-    """``[P, 3M + 1]`` float64: the means, ``s/√n`` of each metric, the paired ``s_d/√n`` of each metric, ``n``.
-    An error is NaN where ``n < 2`` or a value was not finite."""
+    """The points' statistics rows.
+
+    Returns:
+        numpy array ``[P, 3M + 1]`` (float64): the means, ``s/√n`` of each metric, the paired ``s_d/√n`` of each
+        metric, ``n`` (the columns of :func:`lossmap.uncertainty.pointwise.column_names`). An error is NaN where
+        ``n < 2`` or a value was not finite.
+    """
     m = state.metrics
     n = state.n
     means = state.total[:, :m] / n.clamp(min=1.0)

@@ -65,7 +65,13 @@ def column_names(metrics: Sequence[str]) -> list[str]:
 
 
 def error_names(ds: xr.Dataset) -> list[str]:
-    """The per-point error variables ``ds`` holds (any of ``m_se``, ``m_se_set``, ``m_paired_se``, ``samples_used``)."""
+    """The per-point error variables ``ds`` holds (any of ``m_se``, ``m_se_set``, ``m_paired_se``, ``samples_used``).
+
+    Example:
+        >>> ds = xr.Dataset({"loss": ("x", [1.0, 2.0])}, coords={"x": [0.0, 1.0], "loss_se": ("x", [0.1, 0.1])})
+        >>> error_names(ds)
+        ['loss_se']
+    """
     from ..store import metric_names
 
     names = []
@@ -75,7 +81,12 @@ def error_names(ds: xr.Dataset) -> list[str]:
 
 
 def has_errors(ds: xr.Dataset, metric: str = "loss") -> bool:
-    """Whether ``ds`` holds ``metric_se`` and ``metric_paired_se`` (files made before lossmap stored them do not)."""
+    """Whether ``ds`` holds ``metric_se`` and ``metric_paired_se`` (files made before lossmap stored them do not).
+
+    Example:
+        >>> has_errors(xr.Dataset({"loss": ("x", [1.0])}))
+        False
+    """
     return f"{metric}_se" in ds.variables and f"{metric}_paired_se" in ds.variables
 
 
@@ -138,6 +149,14 @@ def read_columns(ds: xr.Dataset, metrics: Sequence[str], dims: Sequence[str] | N
         ds (xarray.Dataset): a landscape.
         metrics (list of str): the metrics, in the order of the rows.
         dims (list of str, optional): the order of the flattened grid (default: the first metric's dims).
+
+    Returns:
+        numpy array ``[G, 3M + 1]`` (float64), ``G`` the grid's points.
+
+    Example:
+        >>> ds = xr.Dataset({"loss": ("x", [1.0, 2.0])}, coords={"loss_se": ("x", [0.1, 0.2])}, attrs={"samples": 50})
+        >>> read_columns(ds, ["loss"]).tolist()
+        [[1.0, 0.1, nan, 50.0], [2.0, 0.2, nan, 50.0]]
     """
     dims = tuple(dims) if dims is not None else tuple(ds[metrics[0]].dims)
 
