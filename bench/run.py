@@ -252,22 +252,41 @@ def w_lossmap(cfg):
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     errors = {k: float(v) for k, v in ds.attrs.items() if k.endswith("_centre_rel_error")}
     return {"seconds": seconds, "cpu_seconds": cpu, "loop_seconds": float(ds.attrs["seconds"]), "loss": ds.loss.values.tolist(),
-            "accuracy": ds.accuracy.values.tolist(), "peak_rss_mb": peak_rss_mb(), "features": _features(model, x, y, d, kw, ds),
+            "accuracy": ds.accuracy.values.tolist(), "peak_rss_mb": peak_rss_mb(), "features": _features(model, x, y, d, kw),
             **errors}
 
 
-def _features(model, x, y, d, kw, ds=None):
-    """The engine and speed-ups the run used, as its file records them."""
-    return [str(ds.attrs.get("engine", "?"))] if ds is not None else ["?"]
+def _workload(model, x, y, d, batch_size=256, device="cpu", autocast=None):
+    """The engines' workload for ``model`` on ``(x, y)`` along ``d`` (what compute() builds inside)."""
+    from lossmap.objective import Objective
+
+    obj = Objective(model, (x, y), batch_size=batch_size, device=device)
+    return obj, obj.workload(d.tensors, autocast=autocast)
+
+
+def _features(model, x, y, d, kw):
+    import torch
+
+    from lossmap.engine import make_engine
+
+    if kw.get("device", "cpu") != "cpu":
+        return [f"{kw.get('engine', 'auto')} on {kw['device']}"]
+    amp = torch.bfloat16 if kw.get("bf16") else None
+    obj, work = _workload(model, x, y, d, kw.get("batch_size", 256), autocast=amp)
+    ev = make_engine(work, kw.get("engine", "auto"))
+    with torch.no_grad():
+        for p, o in zip(obj.live.values(), obj.theta0.values()):
+            p.copy_(o)
+    return [ev.name] + list(ev.speedups)
 
 
 def w_lever(cfg):
-    """Points/s of one evaluator variant (plain, or the fast path with one speed-up switched off)."""
+    """Points/s of one engine variant (plain, or the fast path with one speed-up switched off)."""
     import numpy as np
     import torch
 
-    from lossmap.evaluate import Evaluator, FastEvaluator, prepare_batches
-    from lossmap.space import select_tensors
+    from lossmap.engine import Engine
+    from lossmap.engine.fast import FastEngine
 
     if cfg.get("model") == "resnet20":
         model = resnet20()
@@ -277,16 +296,13 @@ def w_lever(cfg):
         model = trained_model()
         x, y = load_xy(cfg["samples"])
     d = plane(model)
-    live = select_tensors(model)
-    origin = [t.detach().clone() for t in live.values()]
-    dirs = [[t[n] for n in live] for t in d.tensors]
-    batches = prepare_batches((x, y), 256)
     opts = cfg.get("options")
+    amp = getattr(torch, opts["autocast"]) if opts and "autocast" in opts else None
+    obj, work = _workload(model, x, y, d, autocast=amp)
     if opts is None:
-        ev = Evaluator(model, list(live.values()), origin, dirs, batches)
+        ev = Engine(work)
     else:
-        opts = {k: getattr(torch, v) if k == "autocast" else v for k, v in opts.items()}
-        ev = FastEvaluator(model, list(live.values()), origin, dirs, batches, **opts)
+        ev = FastEngine(work, **{k: v for k, v in opts.items() if k != "autocast"})
     g = np.linspace(-1, 1, cfg.get("side", 3))
     coeffs = np.array([[a, b] for a in g for b in g])
     ev.evaluate_many(coeffs[:1])  # warm-up
@@ -294,16 +310,16 @@ def w_lever(cfg):
     ev.evaluate_many(coeffs)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     with torch.no_grad():
-        for p, o in zip(live.values(), origin):
+        for p, o in zip(obj.live.values(), obj.theta0.values()):
             p.copy_(o)
     return {"points_per_s": len(coeffs) / seconds, "cpu_seconds_per_point": cpu / len(coeffs),
-            "features": [ev.engine] + list(ev.features)}
+            "features": [ev.name] + list(ev.speedups)}
 
 
 LEVERS = [("plain loop (batch 256)", None, {}),
-          ("plain loop + malloc", None, {"force_malloc": True}),
+          ("plain loop + malloc", None, {"malloc": True}),
           ("fast, all speed-ups", {}, {}),
-          ("fast without malloc", {}, {"LOSSMAP_MALLOC": "0"}),
+          ("fast without malloc", {}, {"malloc": False}),
           ("fast without sub-batches", {"sub_batch": 100000}, {}),
           ("fast without channels_last", {"channels_last": False}, {}),
           ("fast without oneDNN linear", {"onednn_linear": False}, {}),
@@ -415,10 +431,12 @@ def worker_main(name: str, cfg: dict) -> None:
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    if cfg.get("force_malloc"):
-        from lossmap import _alloc
+    # the allocator as a user gets it: the lossmap command tunes it for its process, a Python user calls
+    # lossmap.tune_allocator() as the README says; the plain loop's rows and "without malloc" leave it alone
+    if cfg.get("malloc", name in ("lossmap", "memory") or (name == "lever" and cfg.get("options") is not None)):
+        import lossmap
 
-        _alloc.tune()
+        lossmap.tune_allocator()
     out = WORKERS[name](cfg)
     print("RESULT " + json.dumps(out), flush=True)
 

@@ -180,6 +180,7 @@ class GraphRewrites(Speedup):
         if why is not None:
             log.warning("fast engine: graph rewrites not used: %s", why)
             return None
+        eng.fused = dict(counts)
         return "fused " + ", ".join(f"{k} x{n}" for k, n in counts.items())
 
 
@@ -208,6 +209,8 @@ class FastEngine(Engine):
         self.overrides: dict[str, torch.Tensor] = {}
         self.linear_mode: OneDNNLinear | None = None
         self.first: FirstLayer | None = None
+        self.fused: dict[str, int] = {}  # graph rewrites made: kind → count
+        self.applied: dict[str, str] = {}  # option → the label of each speed-up in use
         if self.device.type == "cpu" and _alloc.tuned():
             self.speedups.append("malloc")
         if self.autocast is not None:
@@ -223,6 +226,7 @@ class FastEngine(Engine):
             label = speedup.install(self, asked)
             if label is not None:
                 self.speedups.append(label)
+                self.applied[speedup.option] = label
 
     # -- forwards ------------------------------------------------------------------------------
     def forward(self, inputs: Any) -> Any:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["onednn_usable", "cpu_autocast_on", "cpu_floats", "conv_fused", "onednn_linear_op", "OneDNNLinear"]
+__all__ = ["onednn_usable", "cpu_autocast_on", "cpu_floats", "conv_fused", "onednn_linear_op", "OneDNNLinear", "bf16_conv_ok"]
 
 _PLAIN = (torch.Tensor, nn.Parameter)  # not tensor subclasses with their own dispatch
 
@@ -58,14 +58,14 @@ def _cpu_autocast_dtype() -> torch.dtype | None:
         return torch.get_autocast_cpu_dtype()
 
 
-_BF16_CONV: list[bool] = []  # whether oneDNN runs bf16 convolutions on this CPU (asked once)
+BF16_CONV_CACHE: list[bool] = []  # whether oneDNN runs bf16 convolutions on this CPU (asked once)
 
 
-def _bf16_conv_ok() -> bool:
-    if not _BF16_CONV:
+def bf16_conv_ok() -> bool:
+    if not BF16_CONV_CACHE:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        _BF16_CONV.append(bool(check is not None and check()))
-    return _BF16_CONV[0]
+        BF16_CONV_CACHE.append(bool(check is not None and check()))
+    return BF16_CONV_CACHE[0]
 
 
 def conv_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any, padding: Any,
@@ -85,7 +85,7 @@ def conv_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     amp = _cpu_autocast_dtype()
     acts = (torch.float32,) if amp is None else (torch.float32, torch.bfloat16)
     fusable = (
-        x.dim() == 4 and weight.dim() == 4 and (amp is None or (amp == torch.bfloat16 and _bf16_conv_ok()))
+        x.dim() == 4 and weight.dim() == 4 and (amp is None or (amp == torch.bfloat16 and bf16_conv_ok()))
         and cpu_floats((x, other), acts) and cpu_floats((weight, bias, gamma, beta, mean, var), (torch.float32,))
         and (bn is None or (mean is not None and var is not None))
         and (other is None or tuple(other.shape) == _conv_out_shape(x, weight, stride, padding, dilation))
