@@ -76,6 +76,16 @@ def compute(model: nn.Module, data: Any, x: str | Sequence[float] = "-1:1:51", y
         engine: ``auto``, ``plain``, ``fast`` or ``vmap``; ``tf32``/``bf16`` trade precision for speed (the
             error at the centre is measured and stored).
         progress, data_description: a progress bar on stderr; how the file names the data.
+        seeds: a direction ensemble, e.g. ``"0:8"``, ``8`` or ``[1, 5, 9]``: the same grid over these direction
+            seeds in one file with a ``seed`` dimension (:mod:`lossmap.uncertainty.seeds`); replaces ``seed``.
+        precision, precision_abs, precision_z, precision_min_batches: evaluation to a stated precision — each
+            point reads batches (in one shared random order) until ``precision_z`` standard errors w.r.t. the
+            evaluation set are at most ``precision`` times its loss (or ``precision_abs``), after at least
+            ``precision_min_batches`` batches; ``samples_used`` records what each point read.
+
+    Every landscape also holds per-point standard errors of each metric (``loss_se``, ``loss_se_set`` when
+    fewer samples than the data set's were read, ``loss_paired_se`` of the change from the centre), as
+    coordinates (:mod:`lossmap.uncertainty.pointwise`).
 
     Ctrl-C saves the finished points and raises :class:`Interrupted` (SIGTERM: :class:`Terminated`). Under
     ``torchrun`` the chunks are shared among the ranks and rank 0 writes ``out`` (:mod:`lossmap.distributed`).
