@@ -139,3 +139,23 @@ def test_streamed_data_keeps_its_own_order_with_a_warning(caplog):
     L = _losses(net, d, [(c,) for c in ds.x.values], *data)
     n = ds.samples_used.values.astype(int)
     np.testing.assert_allclose(ds.loss.values, [row[:k].mean() for row, k in zip(L, n)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["fast", "vmap"])
+def test_every_engine_stops_where_the_reference_loop_stops(engine):
+    net, data = _setup()
+    kw = dict(seed=0, batch_size=100, precision_abs=0.05)
+    ref = lossmap.compute(net, data, "-2:2:5", "-1:1:3", engine="plain", **kw)
+    got = lossmap.compute(net, data, "-2:2:5", "-1:1:3", engine=engine, **kw)
+    assert np.array_equal(got.samples_used.values, ref.samples_used.values)
+    for name in ("loss", "loss_se", "loss_paired_se", "accuracy", "accuracy_se"):
+        np.testing.assert_allclose(got[name].values, ref[name].values, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_an_ensemble_at_a_stated_precision():
+    net, data = _setup()
+    ens = lossmap.compute(net, data, "-2:2:5", seeds="0:3", batch_size=100, precision_abs=0.05)
+    assert ens.samples_used.dims == ("seed", "x") and (ens.samples_used.values < N).any()
+    one = lossmap.compute(net, data, "-2:2:5", seed=2, batch_size=100, precision_abs=0.05)
+    assert np.array_equal(ens.samples_used.isel(seed=2).values, one.samples_used.values)
+    np.testing.assert_allclose(ens.loss.isel(seed=2).values, one.loss.values, rtol=1e-12)
