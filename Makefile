@@ -9,11 +9,11 @@ TORCH_LOCAL  ?= 2.13.0
 TORCH_REQ    := $(if $(wildcard $(TORCH_WHEELS)/torch-$(TORCH_LOCAL)*.whl),torch==$(TORCH_LOCAL),)
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-precision clean
+.PHONY: install demo test docs bench bench-trajectory bench-precision clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_REQ) -e '.[test]'
+	$(PY) -m pip install -q $(TORCH_REQ) -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,13 +25,22 @@ test: $(STAMP)
 	sh tests/ensure_chromium.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The site into site/, warnings as errors. The gallery takes its figures from lossmap-demo/ (make demo) when
+# it is there, else from a quick demo run made once into build/docs/; the notebook is executed once and kept
+# in build/docs/ until it or the package changes (docs/hooks.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps loss-landscapes==3.0.6
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-trajectory: $(STAMP)
+	$(PY) bench/trajectory.py $(BENCH_ARGS)
 
 # evaluation to a stated precision against the full evaluation (seed CNN, 10,000 MNIST test images, 21×21)
 bench-precision: $(STAMP)
 	$(PY) bench/precision.py $(BENCH_ARGS)
 
 clean:
-	rm -rf lossmap-demo .pytest_cache
+	rm -rf lossmap-demo .pytest_cache site build/docs

@@ -11,16 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from lossmap import store
-from lossmap.cli import main
 from lossmap.commands.demo import GRIDS
 from lossmap.data import digits
 from lossmap.models import MnistCNN, load_checkpoint
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "lossmap-demo"
-    assert main(["demo", "--quick", "--compare", "--out", str(out)]) == 0
-    return out
+def demo(quick_demo):
+    return quick_demo  # made once per session (conftest.py): the docs tests read the same folder
 
 
 def summary_numbers(out) -> dict[str, float]:

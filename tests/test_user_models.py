@@ -283,17 +283,17 @@ def test_mesh_formats_of_the_command_are_the_exporters():
 
 
 @pytest.mark.slow
-def test_readme_streaming_example_runs_as_written(tmp_path):
-    """The README's image-folder factory, streamed at every point, runs unchanged and streams."""
+def test_docs_streaming_example_runs_as_written(tmp_path):
+    """The command-line guide's image-folder factory, streamed at every point, runs unchanged and streams."""
     import os
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    blocks, current = [], None  # fenced blocks without a language, read fence by fence
-    for line in readme.splitlines():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    blocks, current = [], None  # fenced shell blocks, read fence by fence
+    for line in guide.splitlines():
         if line.startswith("```"):
             if current is None:
-                current = [] if line.strip() == "```" else "other"
+                current = [] if line.strip() in ("```", "```bash") else "other"
             else:
                 if current != "other":
                     blocks.append("\n".join(current))

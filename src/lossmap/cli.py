@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .errors import LossmapError
 
-COMMANDS = ("demo", "surface", "interpolate", "plot", "info", "report", "compare", "export")
+COMMANDS = ("demo", "surface", "interpolate", "plot", "info", "report", "compare", "export", "trajectory", "animate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -78,8 +78,30 @@ def _sub_scaled_(dst: torch.Tensor, src: torch.Tensor, coef: float) -> torch.Ten
 class Directions:
     """One or two directions with their provenance.
 
-    ``markers`` maps a label to its coordinates in this coordinate system (e.g. the models of an
-    interpolation); ``origin_sha256`` is the hash of θ0 the directions were made for.
+    Args:
+        tensors (list[dict[str, torch.Tensor]]): the directions, each ``{tensor name: tensor}`` shaped like the
+            moved tensors of the model.
+        kind (str): ``random``, ``target`` or ``custom``.
+        seed (int | None): the seed random directions were drawn from.
+        normalization (str): how they were scaled (``filter``, ``layer``, ``model``, ``none``).
+        bias_policy (str): what tensors with ≤ 1 dim got (``zero``, ``filter``, ``keep``).
+        orthogonalized (bool): whether the second was made orthogonal to the first.
+        include_buffers (bool): whether floating-point buffers move too.
+        tensor_filter (str | None): the glob patterns that chose the moved tensors.
+        markers (dict[str, list[float]]): a label → its coordinates in this coordinate system (e.g. the models
+            of an interpolation).
+        labels (list[str]): axis labels.
+        origin_sha256 (str): the hash of θ0 the directions were made for.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> net = torch.nn.Linear(3, 2)
+        >>> d = lossmap.Directions(tensors=[{n: torch.ones_like(p) for n, p in net.named_parameters()}])
+        >>> d.count, d.names
+        (1, ['weight', 'bias'])
+        >>> ds = lossmap.compute(net, (torch.randn(8, 3), torch.randn(8, 2)), x="-1:1:3", directions=d)
+        >>> ds.attrs["directions_kind"]
+        'custom'
     """
 
     tensors: list[dict[str, torch.Tensor]]
@@ -96,6 +118,7 @@ class Directions:
 
     @property
     def count(self) -> int:
+        """The number of directions (1 or 2)."""
         return len(self.tensors)
 
     def __repr__(self) -> str:
@@ -107,10 +130,15 @@ class Directions:
 
     @property
     def names(self) -> list[str]:
+        """The names of the moved tensors, in model order."""
         return list(self.tensors[0])
 
     def cosine(self) -> float | None:
-        """Cosine between the two directions (None for one direction or a zero direction)."""
+        """The cosine between the two directions, summed in float64.
+
+        Returns:
+            float | None: the cosine; None for one direction or a zero direction.
+        """
         if self.count < 2:
             return None
         n0, n1 = _norm(self.tensors[0]), _norm(self.tensors[1])
@@ -119,10 +147,23 @@ class Directions:
         return _dot(self.tensors[0], self.tensors[1]) / (n0 * n1)
 
     def norms(self) -> list[float]:
+        """The Euclidean norm of each direction over all its tensors.
+
+        Returns:
+            list[float]: one norm per direction (float64 sums).
+        """
         return [_norm(d) for d in self.tensors]
 
     def check(self, live: Mapping[str, torch.Tensor], what: str = "directions") -> None:
-        """Raise LossmapError unless these directions cover exactly ``live``'s names and shapes."""
+        """Check that these directions cover exactly the given tensors.
+
+        Args:
+            live (Mapping[str, torch.Tensor]): the tensors that will move (names and shapes).
+            what (str): how the error message names the directions.
+
+        Raises:
+            LossmapError: a tensor without a direction, a direction without a tensor, or a shape mismatch.
+        """
         names = set(self.names)
         missing = [n for n in live if n not in names]
         extra = [n for n in self.names if n not in live]
@@ -148,6 +189,11 @@ class Directions:
                 raise LossmapError(f"{what}: direction d{i} names differ from d0's; the file is damaged")
 
     def metadata(self) -> dict[str, Any]:
+        """The provenance as a landscape's attributes record it.
+
+        Returns:
+            dict[str, Any]: ``directions_kind``, ``seed``, ``normalization``, ``bias_policy``, … .
+        """
         return {
             "directions_kind": self.kind,
             "seed": -1 if self.seed is None else int(self.seed),
@@ -163,7 +209,22 @@ class Directions:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Save as safetensors: keys ``d0.<name>``, ``d1.<name>``; provenance in the header metadata."""
+        """Save as safetensors: keys ``d0.<name>``, ``d1.<name>``; the provenance in the header metadata.
+
+        Args:
+            path (str | Path): the file to write.
+
+        Returns:
+            Path: the path written.
+
+        Examples:
+            >>> import pathlib, tempfile, torch, lossmap
+            >>> d = lossmap.random_directions(torch.nn.Linear(3, 2), count=2, seed=1)
+            >>> path = d.save(pathlib.Path(tempfile.mkdtemp()) / "d.safetensors")
+            >>> again = lossmap.Directions.load(path)
+            >>> again.seed, again.normalization, torch.equal(again.tensors[1]["weight"], d.tensors[1]["weight"])
+            (1, 'filter', True)
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -179,6 +240,14 @@ class Directions:
 
     @classmethod
     def load(cls, path: str | Path) -> "Directions":
+        """Read directions saved by :meth:`save` (or any safetensors file with ``d0.``/``d1.`` keys).
+
+        Args:
+            path (str | Path): the ``.safetensors`` file.
+
+        Returns:
+            Directions: the directions and their provenance (a plain file gives ``kind="custom"``).
+        """
         from safetensors import safe_open
 
         path = Path(path)
@@ -231,7 +300,25 @@ def normalize(
     normalization: str = "filter",
     bias: str = "zero",
 ) -> dict[str, torch.Tensor]:
-    """Return a normalized copy of ``direction`` relative to ``origin`` (see the module docstring)."""
+    """A normalized copy of ``direction`` relative to ``origin`` (see the module docstring).
+
+    Args:
+        direction (Mapping[str, torch.Tensor]): the raw direction.
+        origin (Mapping[str, torch.Tensor]): θ0, the tensors whose norms the direction takes.
+        normalization (str): ``filter``, ``layer``, ``model`` or ``none``.
+        bias (str): tensors with ≤ 1 dim: ``zero``, ``filter`` or ``keep``.
+
+    Returns:
+        dict[str, torch.Tensor]: the normalized direction (``direction`` is not changed).
+
+    Examples:
+        >>> import torch
+        >>> from lossmap.directions import normalize
+        >>> theta = {"w": torch.tensor([[3.0, 4.0], [0.0, 1.0]]), "b": torch.ones(2)}
+        >>> d = normalize({"w": torch.ones(2, 2), "b": torch.ones(2)}, theta)
+        >>> d["w"].norm(dim=1).round(decimals=4).tolist(), d["b"].tolist()   # rows as long as θ0's; biases stay
+        ([5.0, 1.0], [0.0, 0.0])
+    """
     return _normalize_({n: d.detach().clone() for n, d in direction.items()}, origin, normalization, bias)
 
 
@@ -284,12 +371,35 @@ def random_directions(
     include_buffers: bool = False,
     tensor_filter: str | None = None,
 ) -> Directions:
-    """``count`` (1 or 2) Gaussian directions drawn from ``torch.Generator().manual_seed(seed)``.
+    """``count`` (1 or 2) Gaussian directions drawn from ``torch.Generator().manual_seed(seed)``, normalized.
 
     Values are drawn on the CPU in float32 in tensor order (all of d0, then all of d1), so the same
     seed gives the same directions on every device and dtype. With ``orthogonalize`` d1 loses its
     component along d0 and is then rescaled to its previous overall norm (so it stays orthogonal;
     its per-filter scales change by the small cosine that two random high-dimensional vectors have).
+
+    Args:
+        model (nn.Module): the model; its current tensors are θ0 (the model is not changed).
+        count (int): 1 or 2.
+        seed (int): the generator's seed.
+        normalization (str): ``filter`` (Li et al. 2018), ``layer``, ``model`` or ``none``.
+        bias (str): tensors with ≤ 1 dim: ``zero`` (they do not move), ``filter`` or ``keep``.
+        orthogonalize (bool): make d1 orthogonal to d0.
+        include_buffers (bool): move floating-point buffers (batch-norm statistics) too.
+        tensor_filter (str | None): move only the tensors whose names match these comma-separated globs.
+
+    Returns:
+        Directions: ``kind="random"``, with θ* marked at the origin.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> d = lossmap.random_directions(net, count=2, seed=0)
+        >>> w = net[0].weight.detach()
+        >>> torch.allclose(d.tensors[0]["0.weight"].norm(dim=1), w.norm(dim=1))   # filter-normalized rows
+        True
+        >>> bool(d.tensors[0]["0.bias"].any())                                   # biases stay put
+        False
     """
     if count not in (1, 2):
         raise LossmapError(f"count {count!r}: lossmap makes 1 or 2 directions")
@@ -342,10 +452,28 @@ def target_directions(
 
     Every floating-point tensor that differs between the models moves — batch-norm running statistics
     included (``include_buffers``, the "states" directions of Li et al.) — so that α = 0 is A and α = 1 is B
-    exactly, in evaluation mode too. Two models: d0 = B − A (α = 0 is A, α = 1 is B). Three models: the plane through A, B, C with
-    d0 = B − A and d1 = the Gram–Schmidt residual of C − A against d0, rescaled to ‖B − A‖, so the
-    plane's coordinates are isometric (one unit = ‖B − A‖ on both axes) and equal-aspect plots are
-    true to distance. ``markers`` gives each model's exact coordinates: A (0, 0), B (1, 0), C (t, s).
+    exactly, in evaluation mode too. Two models: d0 = B − A (α = 0 is A, α = 1 is B). Three models: the
+    plane through A, B, C with d0 = B − A and d1 = the Gram–Schmidt residual of C − A against d0, rescaled
+    to ‖B − A‖, so the plane's coordinates are isometric (one unit = ‖B − A‖ on both axes) and equal-aspect
+    plots are true to distance. ``markers`` gives each model's exact coordinates: A (0, 0), B (1, 0), C (t, s).
+
+    Args:
+        a (nn.Module | Mapping[str, torch.Tensor]): model A (the origin) or its state dict.
+        b (nn.Module | Mapping[str, torch.Tensor]): model B, same architecture.
+        c (nn.Module | Mapping[str, torch.Tensor] | None): model C for the plane through three models.
+        include_buffers (bool): move floating-point buffers too (default: yes).
+        tensor_filter (str | None): move only the tensors whose names match these comma-separated globs.
+        names (Sequence[str]): the models' labels on the plots.
+
+    Returns:
+        Directions: ``kind="target"``, unnormalized, with the models as markers.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        >>> d = lossmap.target_directions(a, b)
+        >>> torch.equal(d.tensors[0]["weight"], b.weight.detach() - a.weight.detach()), d.markers
+        (True, {'A': [0.0], 'B': [1.0]})
     """
     pa = _origin_of(a, include_buffers, tensor_filter)
     pb = _origin_of(b, include_buffers, tensor_filter)

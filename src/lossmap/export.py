@@ -38,7 +38,24 @@ FORMATS = {"vtk": ("vtk", True), "vtu": ("vtu", True), "obj": ("obj", False), "s
 def surface_z(
     values: np.ndarray, log: bool = False, zmin: float | None = None, zmax: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the documented z transform; returns ``(z, valid)`` with the same shape as ``values``."""
+    """The heights of a mesh: the z transform of the module docstring.
+
+    Args:
+        values (np.ndarray): the metric over the grid.
+        log (bool): log10 of the values (floored at the smallest positive one).
+        zmin (float | None): clip below.
+        zmax (float | None): clip above.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: ``(z, valid)``, both shaped like ``values`` (``valid``: finite points).
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossmap.export import surface_z
+        >>> z, valid = surface_z(np.array([[1.0, 10.0], [100.0, np.nan]]), log=True)
+        >>> z[valid].tolist(), valid.tolist()
+        ([0.0, 1.0, 2.0], [[True, True], [True, False]])
+    """
     v = np.asarray(values, dtype=np.float64)
     if zmin is not None and zmax is not None and not zmin < zmax:
         raise LossmapError(f"zmin={zmin:g} must be less than zmax={zmax:g}: swap or change them")
@@ -62,7 +79,24 @@ def surface_z(
 
 
 def grid_mesh(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices ``(nx·ny, 3)`` and triangles ``(2·(nx−1)·(ny−1), 3)`` of a height field ``z[i, j]``."""
+    """The triangle mesh of a height field ``z[i, j]`` over ``x[i]``, ``y[j]``: one vertex per point, two
+    triangles per cell.
+
+    Args:
+        x (np.ndarray): the x coordinates, ``(nx,)``.
+        y (np.ndarray): the y coordinates, ``(ny,)``.
+        z (np.ndarray): the heights, ``(nx, ny)``.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: vertices ``(nx·ny, 3)`` and triangles ``(2·(nx−1)·(ny−1), 3)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossmap.export import grid_mesh
+        >>> vertices, triangles = grid_mesh(np.arange(3.0), np.arange(2.0), np.zeros((3, 2)))
+        >>> vertices.shape, triangles.shape
+        ((6, 3), (4, 3))
+    """
     nx, ny = len(x), len(y)
     xx, yy = np.meshgrid(np.asarray(x, float), np.asarray(y, float), indexing="ij")
     points = np.stack([xx.ravel(), yy.ravel(), np.asarray(z, float).ravel()], axis=1)
@@ -84,11 +118,29 @@ def export_mesh(
     zmax: float | None = None,
     z_scale: float = 1.0,
 ) -> Path:
-    """Write the 2-D landscape ``ds`` as a mesh of ``ds[metric]`` (see the module docstring); returns the path.
+    """Write the 2-D landscape ``ds`` as a mesh of ``ds[metric]`` (see the module docstring).
 
-    ``format`` is one of :data:`FORMATS`; ``None`` takes it from the file's suffix. ``z_scale`` multiplies the
-    transformed heights (last step), e.g. to give a printable aspect when losses are large next to the
-    coefficient range.
+    Args:
+        ds (xr.Dataset): a 2-D landscape.
+        path (str | Path): the file to write.
+        format (str | None): one of :data:`FORMATS`; None takes it from the file's suffix.
+        metric (str): the metric that gives the heights (VTK, VTU and PLY carry every metric as point data).
+        log (bool): log10 heights.
+        zmin (float | None): clip the heights below.
+        zmax (float | None): clip them above.
+        z_scale (float): multiplies the transformed heights (last step), e.g. to give a printable aspect when
+            losses are large next to the coefficient range.
+
+    Returns:
+        Path: the path written.
+
+    Examples:
+        >>> import pathlib, tempfile, torch, lossmap
+        >>> from lossmap.export import export_mesh
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:5", y="-1:1:5")
+        >>> export_mesh(plane, pathlib.Path(tempfile.mkdtemp()) / "plane.stl", zmax=3).suffix
+        '.stl'
     """
     path = Path(path)
     if format is None:

@@ -16,7 +16,19 @@ __all__ = ["parse_axis", "Grid"]
 def parse_axis(spec: str | Sequence[float] | np.ndarray, name: str = "axis") -> np.ndarray:
     """Parse ``"min:max:count"`` (inclusive, evenly spaced) or an explicit sequence of coefficients.
 
-    Returns a float64 array. A one-point axis is ``"a:a:1"`` or ``[a]``.
+    A one-point axis is ``"a:a:1"`` or ``[a]``.
+
+    Args:
+        spec (str | Sequence[float] | np.ndarray): ``"min:max:count"`` or the coefficients.
+        name (str): how an error message names the axis.
+
+    Returns:
+        np.ndarray: the coefficients, float64.
+
+    Examples:
+        >>> from lossmap.grid import parse_axis
+        >>> parse_axis("-1:1:5").tolist(), parse_axis([0.0, 0.5]).tolist()
+        ([-1.0, -0.5, 0.0, 0.5, 1.0], [0.0, 0.5])
     """
     if isinstance(spec, str):
         text = spec.strip()

@@ -46,51 +46,85 @@ def compute(model: nn.Module, data: Any, x: str | Sequence[float] = "-1:1:51", y
     (filter normalization, biases and norm scales fixed: Li et al. 2018).
 
     Args:
-        model: any ``nn.Module``.
-        data: a Dataset, a DataLoader, an iterable of ``(inputs, targets)`` batches or an ``(inputs, targets)``
-            pair. Small data is cached on the device; data beyond ``memory_budget`` (default: a quarter of the
-            free memory) is streamed at every point (``cache="stream"`` forces it). Its order must be fixed:
-            a shuffling loader is refused (``allow_nondeterministic=True`` accepts it with a warning).
-        x, y: the grid, ``"min:max:count"`` or the coefficients; without ``y`` a 1-D line.
-        directions: :class:`~lossmap.directions.Directions` (e.g. :func:`~lossmap.directions.target_directions`
-            for an interpolation); they say which tensors move. ``include_buffers`` and ``tensor_filter`` must
-            then agree with them (or be left out).
-        seed, normalization, bias, orthogonalize, include_buffers, tensor_filter: the random directions.
-        loss_fn: ``loss_fn(output, target)`` returning the batch mean — an ``nn`` loss (``nn.CrossEntropyLoss()``),
-            a function, or ``"cross-entropy"``, ``"nll"``, ``"mse"``, ``"l1"``, ``"module:function"``. Default:
-            cross-entropy for class-index targets, MSE (mean over all elements, as ``nn.MSELoss()``) for floats.
-        metrics: ``{name: fn(output, target)}`` (batch mean or one value per example) or
-            :class:`~lossmap.losses.Metric` (declares ``higher_is_better``); default: accuracy for class targets.
-        output_transform: the tensor the loss takes from the model's output: an attribute or key
-            (``"logits"``), an index (``0``) or a function.
-        forward: ``forward(model, batch) -> output`` instead of ``model(inputs)``.
-        bn, bn_data: batch-norm statistics ``"frozen"`` (evaluation mode) or ``"recompute"`` at every point,
-            from ``bn_data`` (default: the evaluation data).
-        device, dtype, batch_size, samples, cache, memory_budget, allow_nondeterministic: see above and
-            :class:`~lossmap.objective.Objective`.
-        out, overwrite: the file to write as the run goes (and to resume: a file made with the same settings
-            is resumed, a complete one returned as it is; other settings raise :class:`LossmapError` unless
-            ``overwrite``). ``flush_every`` points (default: 256 or 5 % of the grid) or ``flush_seconds``.
-        chunk: points per evaluation call (default: what suits the engine); a chunk always holds the same
-            points, so a resumed run equals an uninterrupted one bit for bit.
-        engine: ``auto``, ``plain``, ``fast`` or ``vmap``; ``tf32``/``bf16`` trade precision for speed (the
-            error at the centre is measured and stored).
-        progress, data_description: a progress bar on stderr; how the file names the data.
-        seeds: a direction ensemble, e.g. ``"0:8"``, ``8`` or ``[1, 5, 9]``: the same grid over these direction
-            seeds in one file with a ``seed`` dimension (:mod:`lossmap.uncertainty.seeds`); replaces ``seed``.
-        precision, precision_abs, precision_z, precision_min_batches: evaluation to a stated precision — each
-            point reads batches (in one shared random order) until ``precision_z`` standard errors w.r.t. the
-            evaluation set are at most ``precision`` times its loss (or ``precision_abs``), after at least
-            ``precision_min_batches`` batches; ``samples_used`` records what each point read.
+        model (nn.Module): any ``nn.Module``; θ0 is its current state.
+        data (Any): a Dataset, a DataLoader, an iterable of ``(inputs, targets)`` batches or an
+            ``(inputs, targets)`` pair. Small data is cached on the device; data beyond ``memory_budget``
+            (default: a quarter of the free memory) is streamed at every point (``cache="stream"`` forces it).
+            Its order must be fixed: a shuffling loader is refused (``allow_nondeterministic=True`` accepts it
+            with a warning).
+        x (str | Sequence[float]): the first axis, ``"min:max:count"`` or the coefficients.
+        y (str | Sequence[float] | None): the second axis; None for a 1-D line.
+        **options (Any): the keyword arguments below.
 
-    Every landscape also holds per-point standard errors of each metric (``loss_se``, ``loss_se_set`` when
-    fewer samples than the data set's were read, ``loss_paired_se`` of the change from the centre), as
-    coordinates (:mod:`lossmap.uncertainty.pointwise`).
+    Keyword Args:
+        directions (Directions | None): :class:`~lossmap.directions.Directions` (e.g.
+            :func:`~lossmap.directions.target_directions` for an interpolation); they say which tensors move.
+            ``include_buffers`` and ``tensor_filter`` must then agree with them (or be left out). Default: random
+            directions drawn from ``seed``.
+        seed (int): seed of the random directions (default 0).
+        normalization (str): ``filter`` (default), ``layer``, ``model`` or ``none``.
+        bias (str): directions of tensors with ≤ 1 dim: ``zero`` (default: they stay put), ``filter`` or ``keep``.
+        orthogonalize (bool): make the second random direction orthogonal to the first.
+        include_buffers (bool | None): move floating-point buffers too (None: follow the directions).
+        tensor_filter (str | None): move only the tensors whose names match these comma-separated glob patterns.
+        loss_fn (Any): ``loss_fn(output, target)`` returning the batch mean — an ``nn`` loss
+            (``nn.CrossEntropyLoss()``), a function, or ``"cross-entropy"``, ``"nll"``, ``"mse"``, ``"l1"``,
+            ``"module:function"``. Default: cross-entropy for class-index targets, MSE (mean over all elements,
+            as ``nn.MSELoss()``) for floats.
+        metrics (Mapping[str, Any] | None): ``{name: fn(output, target)}`` (batch mean or one value per example)
+            or :class:`~lossmap.losses.Metric` (declares ``higher_is_better``); default: accuracy for class targets.
+        output_transform (Any): the tensor the loss takes from the model's output: an attribute or key
+            (``"logits"``), an index (``0``) or a function.
+        forward (Callable | None): ``forward(model, batch) -> output`` instead of ``model(inputs)``.
+        bn (str): batch-norm statistics ``"frozen"`` (evaluation mode, default) or ``"recompute"`` at every point.
+        bn_data (Any): the data that re-estimates them under ``bn="recompute"`` (default: the evaluation data).
+        device (str | torch.device): where to evaluate (default ``"cpu"``; under torchrun ``cuda`` means the
+            local rank's GPU).
+        dtype (str | torch.dtype | None): evaluation precision, e.g. ``"float64"`` (default: the model's).
+        batch_size (int): samples per forward (default 256).
+        samples (int | None): use the first ``samples`` samples (default: all).
+        cache (str): ``auto`` (default), ``device`` or ``stream``.
+        memory_budget (int | str | None): bytes (or ``"2GB"``) the cached data may take.
+        allow_nondeterministic (bool): accept shuffled or randomly augmented data, with a recorded warning.
+        out (str | Path | None): the file to write as the run goes, and to resume: a file made with the same
+            settings is resumed, a complete one returned as it is; other settings raise
+            :class:`~lossmap.errors.LossmapError` unless ``overwrite``.
+        overwrite (bool): start ``out`` afresh whatever it holds.
+        flush_every (int | None): write at least every this many points (default: 256 or 5 % of the grid).
+        flush_seconds (float): write at least every this many seconds (default 10).
+        chunk (int | None): points per evaluation call (default: what suits the engine); a chunk always holds
+            the same points, so a resumed run equals an uninterrupted one bit for bit.
+        engine (str): ``auto`` (default), ``plain``, ``fast`` or ``vmap``.
+        tf32 (bool): allow TF32 on CUDA (the error at the centre is measured and stored).
+        bf16 (bool): run the forwards under bfloat16 autocast (the error at the centre is measured and stored).
+        progress (bool): show a progress bar on stderr.
+        data_description (str | None): how the file names the data (default: its type and size).
+        extra_attrs (Mapping[str, Any] | None): more attributes for the file.
+        seeds (str | int | Sequence[int] | None): a direction ensemble, e.g. ``"0:8"``, ``8`` or ``[1, 5, 9]``: the
+            same grid over these direction seeds in one file with a ``seed`` dimension
+            (:mod:`lossmap.uncertainty.seeds`); replaces ``seed``.
+        precision (float | None): evaluation to a stated precision: each point reads batches (in one shared random
+            order) until ``precision_z`` standard errors w.r.t. the evaluation set are at most this fraction of its
+            loss; ``samples_used`` records what each point read.
+        precision_abs (float | None): the same with an absolute tolerance on the loss.
+        precision_z (float): the normal quantile of the stated precision (default 1.96: 95 %).
+        precision_min_batches (int): batches a point reads before it may stop (default 2).
+
+    Returns:
+        xr.Dataset: the landscape — dims ``x`` (and ``y``; with ``seeds`` also ``seed``), one variable per metric,
+            per-point standard errors as coordinates (``loss_se``, ``loss_se_set`` when fewer samples than the data
+            set's were read, ``loss_paired_se`` of the change from the centre; :mod:`lossmap.uncertainty.pointwise`),
+            attributes that say how to reproduce it (see :mod:`lossmap.store`).
+
+    Raises:
+        LossmapError: a bad option, a model, data or loss that do not fit together, or an ``out`` made with
+            other settings.
+        Interrupted: Ctrl-C (SIGTERM: :class:`~lossmap.run.Terminated`), after the finished points were saved.
 
     Ctrl-C saves the finished points and raises :class:`Interrupted` (SIGTERM: :class:`Terminated`). Under
     ``torchrun`` the chunks are shared among the ranks and rank 0 writes ``out`` (:mod:`lossmap.distributed`).
 
-    Example:
+    Examples:
         >>> import torch, lossmap
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -119,7 +153,7 @@ def compute_run(
 ) -> Run | Ensemble:
     """:func:`compute`, returning the finished :class:`~lossmap.run.Run` (``run.landscape()`` is the result;
     ``run.computed`` the points this call evaluated), or with ``seeds`` the
-    :class:`~lossmap.uncertainty.seeds.Ensemble` (the same two members)."""
+    :class:`~lossmap.uncertainty.seeds.Ensemble` (the same two members). The arguments are :func:`compute`'s."""
     grid = Grid.from_specs(x, y)
     dtype = _dtype(dtype)
     rule = precision_rule(precision, precision_abs, precision_z, precision_min_batches, batch_size)
@@ -233,7 +267,28 @@ def precision_rule(precision: float | None, precision_abs: float | None, z: floa
 
 
 def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Path:
-    """Save the landscape as netCDF/HDF5 and, when given, its directions beside it as safetensors."""
+    """Save the landscape as netCDF/HDF5 and, when given, its directions beside it as safetensors.
+
+    Args:
+        ds (xr.Dataset): the landscape.
+        directions (Directions | None): its directions, written as ``<stem>.directions.safetensors``.
+        path (str | Path): the ``.nc`` file to write (atomically: a crash never leaves half a file).
+
+    Returns:
+        Path: the path written.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> net = torch.nn.Linear(3, 2)
+        >>> d = lossmap.random_directions(net, count=1, seed=0)
+        >>> ds = lossmap.compute(net, (torch.randn(16, 3), torch.randn(16, 2)), x="-1:1:5", directions=d)
+        >>> import pathlib, tempfile
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> lossmap.save(ds, d, folder / "line.nc").name
+        'line.nc'
+        >>> sorted(p.name for p in folder.iterdir())
+        ['line.directions.safetensors', 'line.nc']
+    """
     from . import store
 
     path = Path(path)

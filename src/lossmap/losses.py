@@ -45,8 +45,19 @@ _REDUCIBLE = (F.cross_entropy, F.nll_loss, F.mse_loss, F.l1_loss, F.smooth_l1_lo
 class Loss:
     """A loss with its name (as files record it) and, where it has one, its per-example form.
 
-    ``fn(output, target)`` is the batch mean; ``per_example(output, target)`` one value per example
-    (``[batch]``, the mean over each example's elements), or None.
+    Args:
+        name (str): how files and messages name it (``cross_entropy``, ``mse``, a function's qualified name).
+        fn (Callable[[Any, Any], torch.Tensor]): ``fn(output, target)``, the batch mean.
+        per_example (Callable[[Any, Any], torch.Tensor] | None): one value per example (``[batch]``, the mean
+            over each example's elements), or None.
+
+    Examples:
+        >>> import torch
+        >>> from lossmap.losses import resolve_loss
+        >>> mse = resolve_loss(torch.nn.MSELoss())
+        >>> out, y = torch.zeros(2, 3), torch.ones(2, 3)
+        >>> mse.name, float(mse.fn(out, y)), mse.per_example(out, y).tolist()
+        ('MSELoss()', 1.0, [1.0, 1.0])
     """
 
     name: str
@@ -54,7 +65,16 @@ class Loss:
     per_example: LossFn | None = None
 
     def batch_sum(self, output: Any, target: Any, n: int) -> torch.Tensor:
-        """The sum of the loss over a batch of ``n`` examples (float64, a 0-dim tensor)."""
+        """The sum of the loss over a batch.
+
+        Args:
+            output (Any): the model's output (after the output transform).
+            target (Any): the batch's targets.
+            n (int): the number of examples in the batch.
+
+        Returns:
+            torch.Tensor: the sum, float64, 0-dim (``n`` × the batch mean where there is no per-example form).
+        """
         if self.per_example is not None:
             return self.per_example(output, target).sum(dtype=torch.float64)
         return torch.as_tensor(self.fn(output, target)).double() * n
@@ -64,16 +84,34 @@ class Loss:
 class Metric:
     """A metric ``fn(output, target)`` (batch mean, or per-example values) and whether higher is better.
 
-    Example:
-        >>> from lossmap.losses import Metric
-        >>> top1 = Metric(lambda out, y: (out.argmax(1) == y).float(), higher_is_better=True)
+    Args:
+        fn (Callable[[Any, Any], torch.Tensor]): ``fn(output, target)`` returning the batch mean (a scalar) or
+            one value per example (shape ``[batch]``).
+        higher_is_better (bool): the direction plots and summaries use (a plain function is lower-is-better).
+
+    Examples:
+        >>> import torch, lossmap
+        >>> top1 = lossmap.Metric(lambda out, y: (out.argmax(1) == y).float(), higher_is_better=True)
+        >>> net, data = torch.nn.Linear(4, 3), (torch.randn(16, 4), torch.randint(0, 3, (16,)))
+        >>> ds = lossmap.compute(net, data, x="-1:1:3", metrics={"top1": top1})
+        >>> sorted(ds.data_vars)
+        ['loss', 'top1']
     """
 
     fn: Callable[[Any, Any], torch.Tensor]
     higher_is_better: bool = False
 
     def batch_sum(self, output: Any, target: Any, n: int) -> torch.Tensor:
-        """The metric summed over a batch of ``n`` examples (float64, a 0-dim tensor)."""
+        """The metric summed over a batch.
+
+        Args:
+            output (Any): the model's output (after the output transform).
+            target (Any): the batch's targets.
+            n (int): the number of examples in the batch.
+
+        Returns:
+            torch.Tensor: the sum, float64, 0-dim.
+        """
         value = torch.as_tensor(self.fn(output, target))
         if value.dim() == 0:
             return value.double() * n
@@ -129,7 +167,20 @@ def _builtin(name: str) -> Loss:
 
 
 def default_loss(target: Any) -> Loss:
-    """The loss users train with for these targets: class indices → cross-entropy, floats → MSE (both means)."""
+    """The loss users train with for these targets.
+
+    Args:
+        target (Any): a batch's targets.
+
+    Returns:
+        Loss: cross-entropy for class indices, MSE (mean over all elements, as ``nn.MSELoss()``) for floats.
+
+    Examples:
+        >>> import torch
+        >>> from lossmap.losses import default_loss
+        >>> default_loss(torch.tensor([1, 0])).name, default_loss(torch.zeros(2, 3)).name
+        ('cross_entropy', 'mse')
+    """
     if target is None:
         raise LossmapError("the data has no targets, so no default loss can be chosen: pass loss_fn=... (--loss)")
     if not isinstance(target, torch.Tensor):
@@ -164,7 +215,18 @@ def _function_loss(fn: Callable) -> Loss:
 def resolve_loss(loss_fn: Any, target: Any = None) -> Loss:
     """The :class:`Loss` for ``loss_fn``: None (the default for ``target``), a name, a module or a function.
 
-    Example:
+    Args:
+        loss_fn (Any): None, a name (``"cross-entropy"``, ``"nll"``, ``"mse"``, ``"l1"``, ``"module:function"``),
+            an ``nn`` loss module or a function ``fn(output, target)`` returning the batch mean.
+        target (Any): a batch's targets, which choose the default.
+
+    Returns:
+        Loss: the loss with its name and, where it has one, its per-example form.
+
+    Raises:
+        LossmapError: an unknown name, or no default without targets.
+
+    Examples:
         >>> import torch
         >>> from lossmap.losses import resolve_loss
         >>> resolve_loss(None, torch.tensor([0, 2])).name
@@ -203,8 +265,9 @@ def _accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(dim=1) == target).to(output.dtype if output.is_floating_point() else torch.float64)
 
 
-#: top-1 accuracy on class-index targets, one value per example
 accuracy = Metric(_accuracy, higher_is_better=True)
+"""Top-1 accuracy on class-index targets (one value per example; higher is better), the default metric for
+class targets: ``metrics={"accuracy": lossmap.accuracy, ...}`` keeps it beside your own."""
 
 
 def wants_accuracy(target: Any) -> bool:
@@ -268,7 +331,22 @@ class OutputTransform:
 
 
 def output_transform(spec: Any) -> OutputTransform:
-    """``spec`` as an :class:`OutputTransform` (``"logits"``, ``"0"``, a function or None)."""
+    """Pick the tensor the loss needs from a model's output.
+
+    Args:
+        spec (Any): an attribute or key (``"logits"``), an index (``0`` or ``"0"``), a function, or None (the
+            output as it is).
+
+    Returns:
+        OutputTransform: callable on a model's output.
+
+    Examples:
+        >>> import torch
+        >>> from lossmap.losses import output_transform
+        >>> pick = output_transform("logits")
+        >>> pick({"logits": torch.ones(2), "aux": None}).tolist()
+        [1.0, 1.0]
+    """
     if isinstance(spec, OutputTransform):
         return spec
     if spec is not None and not (isinstance(spec, (str, int)) or callable(spec)):

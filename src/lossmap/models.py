@@ -21,7 +21,15 @@ class MnistCNN(nn.Module):
     """The seed article's MNIST network (1,199,882 parameters).
 
     conv 1→32 3×3, ReLU, conv 32→64 3×3, ReLU, max-pool 2, dropout .25, flatten,
-    fc 9216→128, ReLU, dropout .5, fc 128→10, log-softmax.
+    fc 9216→128, ReLU, dropout .5, fc 128→10, log-softmax. Inputs are ``[batch, 1, 28, 28]``; the output is
+    log-probabilities (cross-entropy on them equals NLL).
+
+    Examples:
+        >>> import torch
+        >>> from lossmap.models import MnistCNN
+        >>> net = MnistCNN()
+        >>> sum(p.numel() for p in net.parameters()), tuple(net(torch.zeros(2, 1, 28, 28)).shape)
+        (1199882, (2, 10))
     """
 
     def __init__(self) -> None:
@@ -34,6 +42,14 @@ class MnistCNN(nn.Module):
         self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the ten classes.
+
+        Args:
+            x (torch.Tensor): images ``[batch, 1, 28, 28]``.
+
+        Returns:
+            torch.Tensor: ``[batch, 10]`` log-probabilities.
+        """
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
         x = F.max_pool2d(x, 2)
@@ -53,6 +69,21 @@ def resolve_factory(spec: str, what: str) -> Callable:
 
     A file is imported with its own folder on the import path (as ``python file.py`` would run it), so it
     can import the modules beside it; the folder stays on ``sys.path`` for imports the factory makes later.
+
+    Args:
+        spec (str): ``package.module:name`` or ``path/to/file.py:name``.
+        what (str): how an error message names it (``model``, ``data``).
+
+    Returns:
+        Callable: the object named.
+
+    Raises:
+        LossmapError: the module, file or name does not exist, or importing it fails.
+
+    Examples:
+        >>> from lossmap.models import resolve_factory
+        >>> resolve_factory("torch.nn:Linear", "model")(2, 3)
+        Linear(in_features=2, out_features=3, bias=True)
     """
     if ":" not in spec:
         raise LossmapError(
@@ -90,7 +121,20 @@ def resolve_factory(spec: str, what: str) -> Callable:
 
 
 def load_model(spec: str) -> nn.Module:
-    """Build a model from a spec: ``mnist-cnn``, ``package.module:factory`` or ``file.py:factory``."""
+    """Build a model from a spec, as ``--model`` does.
+
+    Args:
+        spec (str): ``mnist-cnn``, ``package.module:factory`` or ``file.py:factory`` (a callable without
+            arguments returning an ``nn.Module``).
+
+    Returns:
+        nn.Module: the model, freshly built (load a checkpoint into it with :func:`load_checkpoint`).
+
+    Examples:
+        >>> from lossmap.models import load_model
+        >>> type(load_model("mnist-cnn")).__name__
+        'MnistCNN'
+    """
     if spec in BUILTIN_MODELS:
         return BUILTIN_MODELS[spec]()
     factory = resolve_factory(spec, "model")
@@ -127,7 +171,24 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Copy ``state`` into ``model``, raising LossmapError naming missing/unexpected keys and shape mismatches."""
+    """Copy ``state`` into ``model`` (in place).
+
+    Args:
+        model (nn.Module): the model.
+        state (dict[str, torch.Tensor]): a state dict.
+        source (str): how an error message names where ``state`` came from.
+
+    Raises:
+        LossmapError: naming missing and unexpected keys and shape mismatches.
+
+    Examples:
+        >>> import torch
+        >>> from lossmap.models import load_state_dict_into
+        >>> net = torch.nn.Linear(2, 1)
+        >>> load_state_dict_into(net, {"weight": torch.ones(1, 2), "bias": torch.zeros(1)})
+        >>> net.weight.tolist()
+        [[1.0, 1.0]]
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -151,13 +212,46 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a ``.safetensors`` or ``.pt``/``.pth`` state dict into ``model`` (in place) and return it."""
+    """Load a checkpoint into ``model`` (in place), as ``--checkpoint`` does.
+
+    Args:
+        model (nn.Module): a model of the checkpoint's architecture.
+        path (str | Path): a ``.safetensors`` file or a ``.pt``/``.pth`` state dict (loaded with
+            ``weights_only=True``; a dict with a ``state_dict`` key is accepted).
+
+    Returns:
+        nn.Module: ``model``.
+
+    Raises:
+        LossmapError: a missing or unreadable file, or a state dict that does not fit the model.
+
+    Examples:
+        >>> import pathlib, tempfile, torch
+        >>> from lossmap.models import load_checkpoint, save_checkpoint
+        >>> path = save_checkpoint(torch.nn.Linear(2, 1), pathlib.Path(tempfile.mkdtemp()) / "a.safetensors")
+        >>> type(load_checkpoint(torch.nn.Linear(2, 1), path)).__name__
+        'Linear'
+    """
     load_state_dict_into(model, _read_state_dict(path), source=f"checkpoint {str(path)!r}")
     return model
 
 
 def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Save ``model``'s state dict as safetensors (or torch.save for .pt/.pth)."""
+    """Save ``model``'s state dict as safetensors (or with ``torch.save`` for ``.pt``/``.pth``), atomically.
+
+    Args:
+        model (nn.Module): the model.
+        path (str | Path): the file to write; its suffix picks the format.
+
+    Returns:
+        Path: the path written.
+
+    Examples:
+        >>> import pathlib, tempfile, torch
+        >>> from lossmap.models import save_checkpoint
+        >>> save_checkpoint(torch.nn.Linear(2, 1), pathlib.Path(tempfile.mkdtemp()) / "net.pt").suffix
+        '.pt'
+    """
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix in (".pt", ".pth"):

@@ -12,7 +12,7 @@ loss and metrics (:mod:`lossmap.losses`). It gives
   evaluation mode — what curvature and connectivity analyses build on;
 * per-example losses (:meth:`per_example`) — what standard errors build on.
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> from lossmap.objective import Objective
@@ -72,23 +72,49 @@ class Objective:
     """The mean loss of ``model`` on ``data`` as a function of the selected tensors (see the module docstring).
 
     Args:
-        model: any ``nn.Module``; θ0 is its current state.
-        data: a Dataset, a DataLoader, an iterable of ``(inputs, targets)`` batches or an ``(inputs, targets)`` pair.
-        loss_fn: ``loss_fn(output, target)`` returning the batch mean (an ``nn`` loss, a function, or a name:
-            ``"cross-entropy"``, ``"nll"``, ``"mse"``, ``"l1"``, ``"module:function"``); None chooses from the
-            targets (class indices → cross-entropy, floats → MSE).
-        metrics: ``{name: fn(output, target)}`` or :class:`~lossmap.losses.Metric`; None: accuracy for class targets.
-        output_transform: picks the tensor the loss takes from the model's output (``"logits"``, ``0``, a function).
-        forward: ``forward(model, batch) -> output`` instead of ``model(inputs)``.
-        tensor_filter, include_buffers: which tensors move (see :func:`lossmap.space.select_tensors`).
-        device, dtype: where and in which precision to evaluate.
-        batch_size, samples: how the data is batched and how many samples are used (None: all).
-        cache: ``auto`` (cache on the device within ``memory_budget``, else stream), ``device`` or ``stream``.
-        memory_budget: bytes (or ``"2GB"``) the cached data may take; None: a quarter of the free memory.
-        allow_nondeterministic: accept shuffled or randomly augmented data (with a warning) instead of refusing it.
-        bn, bn_data: batch-norm statistics ``frozen`` or ``recompute`` at every landscape point (from ``bn_data``,
-            or the evaluation data).
-        theta0: θ0 for the selected tensors when the caller already holds a copy (it is not copied again).
+        model (nn.Module): any ``nn.Module``; θ0 is its current state.
+        data (Any): a Dataset, a DataLoader, an iterable of ``(inputs, targets)`` batches or an
+            ``(inputs, targets)`` pair.
+        loss_fn (Any): ``loss_fn(output, target)`` returning the batch mean (an ``nn`` loss, a function, or a
+            name: ``"cross-entropy"``, ``"nll"``, ``"mse"``, ``"l1"``, ``"module:function"``); None chooses from
+            the targets (class indices → cross-entropy, floats → MSE).
+        metrics (Mapping[str, Any] | None): ``{name: fn(output, target)}`` or :class:`~lossmap.losses.Metric`;
+            None: accuracy for class targets.
+        output_transform (Any): picks the tensor the loss takes from the model's output (``"logits"``, ``0``,
+            a function).
+        forward (Callable | None): ``forward(model, batch) -> output`` instead of ``model(inputs)``.
+        tensor_filter (str | Sequence[str] | None): move only the tensors whose names match these glob patterns.
+        include_buffers (bool): move floating-point buffers too.
+        device (str | torch.device): where to evaluate.
+        dtype (torch.dtype | None): the evaluation precision (None: the model's).
+        batch_size (int): samples per forward.
+        samples (int | None): use the first ``samples`` samples (None: all).
+        cache (str): ``auto`` (cache on the device within ``memory_budget``, else stream), ``device`` or ``stream``.
+        memory_budget (int | str | None): bytes (or ``"2GB"``) the cached data may take; None: a quarter of the
+            free memory.
+        allow_nondeterministic (bool): accept shuffled or randomly augmented data (with a warning) instead of
+            refusing it.
+        bn (str): batch-norm statistics ``frozen`` or ``recompute`` at every landscape point.
+        bn_data (Any): the data that re-estimates them (None: the evaluation data).
+        theta0 (dict[str, torch.Tensor] | None): θ0 for the selected tensors when the caller already holds a
+            copy (it is not copied again).
+
+    Attributes:
+        names (list[str]): the selected tensors' names, in model order.
+        theta0 (dict[str, torch.Tensor]): θ0 of the selected tensors.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> from torch import nn
+        >>> torch.manual_seed(0) and None
+        >>> net = nn.Linear(3, 1)
+        >>> x, y = torch.randn(32, 3), torch.randn(32, 1)
+        >>> obj = lossmap.Objective(net, (x, y))
+        >>> value, grad = obj.value_and_grad()
+        >>> sorted(grad), tuple(grad["weight"].shape)
+        (['bias', 'weight'], (1, 3))
+        >>> abs(value - nn.MSELoss()(net(x), y).item()) < 1e-6
+        True
     """
 
     def __init__(
@@ -184,14 +210,28 @@ class Objective:
                 raise diagnose(exc, stage, self.workload([])) from exc
 
     def value(self, theta: Mapping[str, torch.Tensor] | None = None) -> float:
-        """The mean loss over the whole data set at ``theta`` (default θ0)."""
+        """The mean loss over the whole data set at ``theta`` (batch norm and dropout in evaluation mode).
+
+        Args:
+            theta (Mapping[str, torch.Tensor] | None): values of the selected tensors (default θ0).
+
+        Returns:
+            float: the loss averaged over every sample (batches weighted by their size).
+        """
         params = self._params(theta)
         with torch.no_grad():
             parts = self._over_data(lambda b, s: self._batch_loss(params, b, s).double())
         return float(sum(parts))
 
     def value_and_grad(self, theta: Mapping[str, torch.Tensor] | None = None) -> tuple[float, Params]:
-        """``(mean loss, its gradient)`` at ``theta`` (default θ0); the gradient as ``{name: tensor}``."""
+        """The mean loss and its gradient with respect to the selected tensors.
+
+        Args:
+            theta (Mapping[str, torch.Tensor] | None): values of the selected tensors (default θ0).
+
+        Returns:
+            tuple[float, dict[str, torch.Tensor]]: ``(mean loss, gradient)``, the gradient as ``{name: tensor}``.
+        """
         params = self._params(theta)
         grad_of = torch.func.grad_and_value(lambda p, b, s: self._batch_loss(p, b, s))
         total = 0.0
@@ -204,10 +244,26 @@ class Objective:
 
     def hvp(self, v: Mapping[str, torch.Tensor], theta: Mapping[str, torch.Tensor] | None = None,
             method: str = "auto") -> Params:
-        """The Hessian of the mean loss at ``theta`` (default θ0) times ``v`` (``{name: tensor}``).
+        """The Hessian of the mean loss times a vector.
 
         Forward-over-reverse (``torch.func.jvp`` of ``grad``) by default; double backward for models whose
         operations forward-mode AD does not cover (tried once, then kept, with a warning saying why).
+
+        Args:
+            v (Mapping[str, torch.Tensor]): the vector, one tensor per selected tensor.
+            theta (Mapping[str, torch.Tensor] | None): where the Hessian is taken (default θ0).
+            method (str): ``auto``, ``forward-over-reverse`` or ``double-backward``.
+
+        Returns:
+            dict[str, torch.Tensor]: H·v, shaped like ``v``.
+
+        Examples:
+            >>> import torch, lossmap
+            >>> net = torch.nn.Linear(2, 1, bias=False)
+            >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+            >>> obj = lossmap.Objective(net, (x, torch.zeros(2, 1)))
+            >>> obj.hvp({"weight": torch.tensor([[1.0, 1.0]])})["weight"]   # H = XᵀX (mean of 2·x xᵀ / 2)
+            tensor([[1., 4.]])
         """
         if method not in HVP_METHODS:
             raise LossmapError(f"HVP method {method!r} is unknown: choose one of {', '.join(HVP_METHODS)}")
@@ -252,7 +308,14 @@ class Objective:
         return _summed(self._over_data(one), params)
 
     def per_example(self, theta: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The loss of every example at ``theta`` (default θ0), in data order (float64, shape ``[samples]``)."""
+        """The loss of every example, in data order.
+
+        Args:
+            theta (Mapping[str, torch.Tensor] | None): values of the selected tensors (default θ0).
+
+        Returns:
+            torch.Tensor: float64, shape ``[samples]``; its mean is :meth:`value`.
+        """
         if self.loss.per_example is None:
             raise LossmapError(f"the loss {self.loss.name} has no per-example form: use a loss with a reduction argument")
         params = self._params(theta)

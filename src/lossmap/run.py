@@ -48,11 +48,26 @@ def directions_hash(directions: Directions, ndim: int) -> str:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`lossmap.compute`; the finished points were saved first. ``str()`` says how many."""
+    """Ctrl-C during :func:`lossmap.compute`; the finished points were saved first. ``str()`` says how many.
+
+    A subclass of ``KeyboardInterrupt``, so code that stops on Ctrl-C still stops; rerunning the same call
+    resumes the file.
+
+    Examples:
+        >>> import lossmap
+        >>> issubclass(lossmap.Interrupted, KeyboardInterrupt)
+        True
+    """
 
 
 class Terminated(Interrupted):
-    """SIGTERM (e.g. torchrun stopping the job because another rank failed) during :func:`lossmap.compute`."""
+    """SIGTERM (e.g. torchrun stopping the job because another rank failed) during :func:`lossmap.compute`.
+
+    Examples:
+        >>> import lossmap
+        >>> issubclass(lossmap.Terminated, lossmap.Interrupted)
+        True
+    """
 
 
 def versions() -> dict[str, str]:

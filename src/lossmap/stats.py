@@ -94,13 +94,22 @@ def summarize(
 ) -> dict[str, Any]:
     """Summary numbers of ``ds[metric]`` (see the module docstring for the definitions).
 
-    Returns a flat dict: ``metric``, ``centre_x`` (``centre_y``), ``centre``, ``min``, ``max``,
-    ``argmin_x`` (``argmin_y``), ``rise``, ``rise_radius_xpos``, ``rise_radius_xneg`` (``…_ypos``,
-    ``…_yneg``), ``ball_radius``, ``ball_mean_increase``, ``ball_points``. Keys with ``y`` only for 2-D.
     A landscape through models (an interpolation, the plane through three models) gets the numbers of
     :mod:`lossmap.path_stats` instead: the metric at each model and what lies between them.
 
-    Example:
+    Args:
+        ds (xr.Dataset): a landscape (1-D or 2-D).
+        metric (str): the metric to summarize.
+        rise (float | None): the rise above the centre that ends a rise radius (default 0.1·(1 + |centre|));
+            pass one value when comparing models.
+        radius (float | None): the radius of the ball mean (default: half the smallest half-width of the grid).
+
+    Returns:
+        dict[str, Any]: a flat dict: ``metric``, ``centre_x`` (``centre_y``), ``centre``, ``min``, ``max``,
+            ``argmin_x`` (``argmin_y``), ``rise``, ``rise_radius_xpos``, ``rise_radius_xneg`` (``…_ypos``,
+            ``…_yneg``), ``ball_radius``, ``ball_mean_increase``, ``ball_points``; keys with ``y`` only for 2-D.
+
+    Examples:
         >>> import numpy as np, xarray as xr
         >>> from lossmap.stats import summarize
         >>> x = np.linspace(-1, 1, 21)
@@ -184,9 +193,26 @@ def summarize(
 
 
 def attach(ds: xr.Dataset, metric: str = "loss", rise: float | None = None, radius: float | None = None) -> xr.Dataset:
-    """Store :func:`summarize` as flat attributes ``summary_<key>`` on ``ds`` (in place) and return ``ds``.
+    """Store :func:`summarize` as flat attributes ``summary_<key>`` on ``ds`` (in place).
 
     Earlier ``summary_*`` attributes are replaced, so a landscape never carries stale numbers.
+
+    Args:
+        ds (xr.Dataset): a landscape.
+        metric (str): the metric to summarize.
+        rise (float | None): as in :func:`summarize`.
+        radius (float | None): as in :func:`summarize`.
+
+    Returns:
+        xr.Dataset: ``ds`` itself, with the ``summary_*`` attributes.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.stats import attach
+        >>> x = np.linspace(-1, 1, 11)
+        >>> ds = attach(xr.Dataset({"loss": ("x", 2 * x**2)}, coords={"x": x}, attrs={"metrics": '["loss"]'}))
+        >>> float(ds.attrs["summary_centre"]), float(ds.attrs["summary_max"])
+        (0.0, 2.0)
     """
     numbers = summarize(ds, metric=metric, rise=rise, radius=radius)
     for key in [k for k in ds.attrs if str(k).startswith(PREFIX)]:
@@ -238,10 +264,25 @@ CAVEAT_FIELDS = ("directions_kind", "normalization", "bias_policy", "seed", "dat
 
 
 def caveats(datasets: Sequence[xr.Dataset], names: Sequence[str]) -> list[str]:
-    """Settings in which comparable landscapes differ (one sentence each); empty when they agree.
+    """Settings in which comparable landscapes differ (one sentence each).
 
     Different normalizations make the pictures incomparable (the point of filter normalization); different
     data or sample counts shift the loss itself. These are warnings, not errors: the grids still match.
+
+    Args:
+        datasets (Sequence[xr.Dataset]): landscapes with the same grid.
+        names (Sequence[str]): how the sentences name them.
+
+    Returns:
+        list[str]: one sentence per differing setting; empty when they agree.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.stats import caveats
+        >>> a = xr.Dataset({"loss": ("x", np.zeros(3))}, attrs={"normalization": "filter", "metrics": '["loss"]'})
+        >>> b = a.assign_attrs(normalization="none")
+        >>> len(caveats([a, b], ["a", "b"]))
+        1
     """
     from .store import meta
 
@@ -263,8 +304,26 @@ def _describe_axis(values: np.ndarray) -> str:
 
 
 def table(summaries: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
-    """Plain-text table of several :func:`summarize` results for the terminal: one row per number, one
-    column per landscape (so two models read side by side)."""
+    """A plain-text table of several :func:`summarize` results for the terminal: one row per number, one
+    column per landscape (so two models read side by side).
+
+    Args:
+        summaries (Sequence[dict[str, Any]]): results of :func:`summarize`.
+        names (Sequence[str]): a column title for each.
+
+    Returns:
+        str: the table, one line per number.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.stats import summarize, table
+        >>> x = np.linspace(-1, 1, 11)
+        >>> bowls = [xr.Dataset({"loss": ("x", a * x**2)}, coords={"x": x}, attrs={"metrics": '["loss"]'}) for a in (1, 4)]
+        >>> lines = table([summarize(b, rise=0.5) for b in bowls], ["wide", "sharp"]).splitlines()
+        >>> print(lines[0]); print(lines[8])           # the wide bowl's loss rises by 0.5 twice as far out
+                            wide   sharp
+        rise_radius_xpos     0.7  0.3417
+    """
     keys = ordered_keys(summaries)
     rows = [["", *map(str, names)]] + [[k, *(_fmt(s.get(k, "")) for s in summaries)] for k in keys]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]

@@ -72,7 +72,21 @@ def encode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def meta(ds: xr.Dataset) -> dict[str, Any]:
-    """The landscape's attributes with JSON-encoded values decoded."""
+    """The landscape's attributes with the JSON-encoded values (:data:`JSON_ATTRS`) decoded.
+
+    Args:
+        ds (xr.Dataset): a landscape.
+
+    Returns:
+        dict[str, Any]: every attribute; ``metrics``, ``markers``, ``settings``, … as Python objects.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> from lossmap import store
+        >>> ds = lossmap.compute(torch.nn.Linear(2, 3), (torch.randn(8, 2), torch.randint(0, 3, (8,))), x="-1:1:3")
+        >>> store.meta(ds)["metrics"], store.meta(ds)["markers"]
+        (['loss', 'accuracy'], {'θ*': [0.0]})
+    """
     out = dict(ds.attrs)
     for key in JSON_ATTRS:
         if isinstance(out.get(key), str) and out[key]:
@@ -84,27 +98,92 @@ def meta(ds: xr.Dataset) -> dict[str, Any]:
 
 
 def directions_path(landscape_path: str | Path) -> Path:
-    """``run.nc`` → ``run.directions.safetensors`` (beside it)."""
+    """Where the directions of a landscape file are saved: beside it.
+
+    Args:
+        landscape_path (str | Path): the landscape file, e.g. ``run.nc``.
+
+    Returns:
+        Path: e.g. ``run.directions.safetensors`` in the same folder.
+
+    Examples:
+        >>> from lossmap.store import directions_path
+        >>> directions_path("runs/plane.nc").as_posix()
+        'runs/plane.directions.safetensors'
+    """
     p = Path(landscape_path)
     return p.with_name(p.stem + ".directions.safetensors")
 
 
 def metric_names(ds: xr.Dataset) -> list[str]:
-    """The landscape's metrics (its data variables, ``done`` and per-point extras aside)."""
+    """The landscape's metrics: its data variables, in the order the file lists them.
+
+    Args:
+        ds (xr.Dataset): a landscape.
+
+    Returns:
+        list[str]: e.g. ``["loss", "accuracy"]``.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.store import metric_names
+        >>> ds = xr.Dataset({"accuracy": ("x", np.ones(3)), "loss": ("x", np.zeros(3))}, attrs={"metrics": '["loss", "accuracy"]'})
+        >>> metric_names(ds)
+        ['loss', 'accuracy']
+    """
     listed = meta(ds).get("metrics")
     names = [str(m) for m in listed if m in ds.data_vars] if isinstance(listed, list) else []
     return names + [str(v) for v in ds.data_vars if str(v) not in names]
 
 
 def require_metric(ds: xr.Dataset, metric: str, source: str = "the landscape") -> str:
-    """``metric``, if ``ds`` holds it; otherwise one line naming the metrics it has."""
+    """Check that a landscape holds a metric.
+
+    Args:
+        ds (xr.Dataset): a landscape.
+        metric (str): the metric wanted.
+        source (str): how the error message names the landscape.
+
+    Returns:
+        str: ``metric``.
+
+    Raises:
+        LossmapError: one line naming the metrics ``ds`` has.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.store import require_metric
+        >>> ds = xr.Dataset({"loss": ("x", np.zeros(3))})
+        >>> require_metric(ds, "loss")
+        'loss'
+        >>> require_metric(ds, "acc")
+        Traceback (most recent call last):
+        lossmap.errors.LossmapError: metric 'acc' is not in the landscape (it has loss): choose one of those
+    """
     if metric not in ds.data_vars:
         raise LossmapError(f"metric {metric!r} is not in {source} (it has {', '.join(metric_names(ds))}): choose one of those")
     return metric
 
 
 def save(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write atomically (temporary file + rename): a crash never leaves a half-written landscape."""
+    """Write a landscape as netCDF4/HDF5, atomically (temporary file + rename): a crash never leaves a
+    half-written file. :func:`lossmap.save` also writes the directions beside it.
+
+    Args:
+        ds (xr.Dataset): the landscape.
+        path (str | Path): the file to write; its folder must exist.
+
+    Returns:
+        Path: the path written.
+
+    Examples:
+        >>> import pathlib, tempfile, torch, lossmap
+        >>> from lossmap import store
+        >>> ds = lossmap.compute(torch.nn.Linear(2, 1), (torch.randn(8, 2), torch.randn(8, 1)), x="-1:1:5")
+        >>> path = store.save(ds, pathlib.Path(tempfile.mkdtemp()) / "line.nc")
+        >>> bool((store.load(path).loss == ds.loss).all())
+        True
+    """
     path = check_output(path)
     out = ds.copy()
     out.attrs = encode_attrs(ds.attrs)
@@ -186,7 +265,21 @@ def writer_lock(path: str | Path) -> Iterator[None]:
 
 
 def done_mask(ds: xr.Dataset) -> np.ndarray:
-    """Boolean array (the metrics' shape): which points were evaluated. All True for a complete landscape."""
+    """Which points of a landscape were evaluated.
+
+    Args:
+        ds (xr.Dataset): a landscape, complete or partial.
+
+    Returns:
+        np.ndarray: booleans in the metrics' shape; all True for a complete landscape.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.store import done_mask, partial_dataset
+        >>> ds = xr.Dataset({"loss": ("x", np.arange(4.0))}, coords={"x": np.arange(4.0)}, attrs={"metrics": '["loss"]'})
+        >>> done_mask(partial_dataset(ds, np.array([1, 1, 0, 0]))).tolist()
+        [True, True, False, False]
+    """
     metrics = meta(ds).get("metrics") or list(ds.data_vars)
     shape = ds[metrics[0]].shape
     if DONE not in ds.variables:
@@ -195,12 +288,40 @@ def done_mask(ds: xr.Dataset) -> np.ndarray:
 
 
 def progress(ds: xr.Dataset) -> tuple[int, int]:
-    """``(points done, points in the grid)``."""
+    """How far a landscape is.
+
+    Args:
+        ds (xr.Dataset): a landscape, complete or partial (a run still going, or stopped).
+
+    Returns:
+        tuple[int, int]: ``(points done, points in the grid)``.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.store import partial_dataset, progress
+        >>> ds = xr.Dataset({"loss": ("x", np.arange(4.0))}, coords={"x": np.arange(4.0)}, attrs={"metrics": '["loss"]'})
+        >>> progress(partial_dataset(ds, np.array([1, 0, 1, 0]))), progress(ds)
+        ((2, 4), (4, 4))
+    """
     mask = done_mask(ds)
     return int(mask.sum()), int(mask.size)
 
 
 def is_complete(ds: xr.Dataset) -> bool:
+    """Whether every point of a landscape was evaluated.
+
+    Args:
+        ds (xr.Dataset): a landscape.
+
+    Returns:
+        bool: True when no point is missing.
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.store import is_complete
+        >>> is_complete(xr.Dataset({"loss": ("x", np.zeros(3))}, attrs={"metrics": '["loss"]'}))
+        True
+    """
     done, total = progress(ds)
     return done == total
 
@@ -227,7 +348,22 @@ def partial_dataset(ds: xr.Dataset, mask: np.ndarray) -> xr.Dataset:
 
 
 def validate(ds: xr.Dataset, source: str = "dataset") -> None:
-    """Check that ``ds`` is a lossmap landscape; raise LossmapError saying what is wrong."""
+    """Check that ``ds`` is a lossmap landscape.
+
+    Args:
+        ds (xr.Dataset): the dataset to check.
+        source (str): how the error message names it.
+
+    Raises:
+        LossmapError: saying what is wrong (not a landscape, a newer format, damaged).
+
+    Examples:
+        >>> import xarray as xr
+        >>> from lossmap.store import validate
+        >>> validate(xr.Dataset(), "my.nc")
+        Traceback (most recent call last):
+        lossmap.errors.LossmapError: my.nc is not a lossmap landscape (no 'lossmap.landscape' format attribute): was it written by lossmap?
+    """
     fmt = ds.attrs.get("lossmap_format")
     if fmt != FORMAT:
         raise LossmapError(f"{source} is not a lossmap landscape (no '{FORMAT}' format attribute): was it written by lossmap?")
@@ -252,6 +388,23 @@ def load(path: str | Path) -> xr.Dataset:
 
     A partial landscape (a run still going, or stopped) loads too: its unfinished points are NaN and
     :func:`done_mask` / :func:`progress` tell which points are done.
+
+    Args:
+        path (str | Path): a ``.nc`` file written by lossmap.
+
+    Returns:
+        xr.Dataset: the landscape.
+
+    Raises:
+        LossmapError: the file is missing, damaged or not a landscape.
+
+    Examples:
+        >>> import pathlib, tempfile, torch, lossmap
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "line.nc"
+        >>> ds = lossmap.compute(torch.nn.Linear(2, 1), (torch.randn(8, 2), torch.randn(8, 1)), x="-1:1:5", out=path)
+        >>> same = lossmap.load(path)
+        >>> same.sizes["x"], same.attrs["directions_kind"]
+        (5, 'random')
     """
     path = Path(path)
     if not path.is_file():

@@ -26,7 +26,24 @@ OPTIMIZERS = ("adam", "sgd")
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's global CPU generator seeded to ``seed``; restore its state after."""
+    """Run the block with torch's global CPU generator seeded to ``seed``; restore its state after.
+
+    Args:
+        seed (int): the seed.
+
+    Returns:
+        Iterator[None]: a context manager.
+
+    Examples:
+        >>> import torch
+        >>> from lossmap.train import seeded
+        >>> with seeded(0):
+        ...     a = torch.nn.Linear(3, 2)
+        >>> with seeded(0):
+        ...     b = torch.nn.Linear(3, 2)
+        >>> torch.equal(a.weight, b.weight)
+        True
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         yield
@@ -34,7 +51,26 @@ def seeded(seed: int) -> Iterator[None]:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 512) -> tuple[float, float]:
-    """``(mean cross-entropy, top-1 accuracy)`` of ``model`` on ``data`` in eval mode (mode restored)."""
+    """The mean cross-entropy and top-1 accuracy of ``model`` on ``data``, in evaluation mode (mode restored).
+
+    Args:
+        model (nn.Module): a classifier returning logits or log-probabilities.
+        data (TensorDataset): images and class labels.
+        batch_size (int): samples per forward.
+
+    Returns:
+        tuple[float, float]: ``(mean cross-entropy, accuracy)``.
+
+    Examples:
+        >>> from lossmap.data import digits
+        >>> from lossmap.models import MnistCNN
+        >>> from lossmap.train import accuracy, seeded
+        >>> with seeded(0):
+        ...     net = MnistCNN()
+        >>> loss, acc = accuracy(net, digits("test"))
+        >>> acc < 0.3                                             # untrained: about chance
+        True
+    """
     was_training = model.training
     model.eval()
     try:
@@ -51,7 +87,25 @@ def accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 512) -> tu
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: per-epoch training loss and the final accuracies."""
+    """What :func:`train` did: per-epoch training loss and the final accuracies.
+
+    Args:
+        epochs (int): the epochs trained.
+        optimizer (str): ``adam`` or ``sgd``.
+        batch_size (int): the mini-batch size.
+        lr (float): the learning rate.
+        epoch_loss (list[float]): the mean training loss of each epoch.
+        train_accuracy (float): on the training data, after training, in evaluation mode.
+        test_accuracy (float): on the test data (NaN without test data).
+        train_loss (float): the mean cross-entropy on the training data after training.
+        test_loss (float): the same on the test data.
+        seconds (float): the wall time.
+
+    Examples:
+        >>> from lossmap.train import TrainResult
+        >>> TrainResult(epochs=1, optimizer="sgd", batch_size=8, lr=0.01, train_accuracy=0.9, test_accuracy=0.85).describe()
+        'sgd lr=0.01 batch=8, 1 epochs: train accuracy 90.00%, test accuracy 85.00%'
+    """
 
     epochs: int
     optimizer: str
@@ -65,6 +119,11 @@ class TrainResult:
     seconds: float = 0.0
 
     def describe(self) -> str:
+        """One line: the optimizer, its settings and the accuracies.
+
+        Returns:
+            str: e.g. ``adam lr=0.001 batch=32, 3 epochs: train accuracy 97.9%, test accuracy 97.8%``.
+        """
         return (
             f"{self.optimizer} lr={self.lr:g} batch={self.batch_size}, {self.epochs} epochs: "
             f"train accuracy {self.train_accuracy:.2%}, test accuracy {self.test_accuracy:.2%}"
@@ -84,12 +143,44 @@ def train(
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy on log-probabilities or logits.
 
-    ``optimizer`` is ``adam`` or ``sgd`` (with ``momentum``). Mini-batches are reshuffled every epoch
-    from ``torch.Generator().manual_seed(seed)``; dropout draws from the global generator seeded with
-    ``seed + 1`` (restored afterwards). ``log`` receives one line per epoch.
+    Mini-batches are reshuffled every epoch from ``torch.Generator().manual_seed(seed)``; dropout draws from the
+    global generator seeded with ``seed + 1`` (restored afterwards), so a run is reproducible and leaves the
+    caller's random state alone.
+
+    Args:
+        model (nn.Module): a classifier; trained in place (its train/eval mode is restored).
+        train_data (TensorDataset): images and class labels.
+        test_data (TensorDataset | None): data for the final test accuracy.
+        epochs (int): passes over ``train_data``.
+        batch_size (int): the mini-batch size.
+        optimizer (str): ``adam`` or ``sgd`` (with ``momentum``).
+        lr (float): the learning rate.
+        momentum (float): SGD's momentum.
+        seed (int): the seed of the batch order and dropout.
+        progress (bool): a progress bar on stderr.
+        log (Callable[[str], None] | None): receives one line per epoch.
+        on_step (Callable[[int, float], None] | None): called after every optimizer step with the step number
+            (from 1) and that batch's loss before the step, e.g. to record the run with
+            :class:`lossmap.trajectory.Recorder`.
+
+    Returns:
+        TrainResult: the per-epoch losses and the final accuracies.
+
+    Examples:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from lossmap.train import train
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(64, 5, generator=g)
+        >>> data = TensorDataset(x, (x[:, 0] > 0).long())
+        >>> net = torch.nn.Sequential(torch.nn.Linear(5, 2))
+        >>> result = train(net, data, data, epochs=20, batch_size=16, optimizer="sgd", lr=0.5)
+        >>> result.test_accuracy > 0.9
+        True
     """
     import time
 
@@ -114,6 +205,7 @@ def train(
 
         bar = tqdm(total=epochs * ((n + batch_size - 1) // batch_size), unit="step", desc=f"training ({optimizer})", leave=False)
     was_training = model.training
+    steps_done = 0
     model.train()
     try:
         with seeded(int(seed) + 1):
@@ -127,6 +219,9 @@ def train(
                     loss.backward()
                     opt.step()
                     total += float(loss.detach()) * len(idx)
+                    if on_step is not None:
+                        steps_done += 1
+                        on_step(steps_done, float(loss.detach()))
                     if bar is not None:
                         bar.update(1)
                 result.epoch_loss.append(total / n)

@@ -1,9 +1,12 @@
 """``lossmap demo``: the whole seed workflow on the embedded digits data, in one folder.
 
-Trains the seed CNN (seeded), then computes and draws the 1-D interpolation init → trained
+Trains the seed CNN (seeded), recording its training run on a log-spaced schedule
+(``training-run/``), then computes and draws the 1-D interpolation init → trained
 (Goodfellow et al. 2015), a 1-D and a 2-D filter-normalized random slice around the trained model
-(Li et al. 2018), writes PNG + PDF figures, an HTML report and ``summary.txt``. ``--compare`` also
-trains two variants (SGD small batch vs Adam large batch) and draws their planes side by side.
+(Li et al. 2018) and the plane of the training trajectory with its path (``trajectory.nc``,
+``trajectory.png``, ``trajectory.gif``), writes PNG + PDF figures, an HTML report and ``summary.txt``.
+``--compare`` also trains two variants (SGD small batch vs Adam large batch) and draws their planes
+side by side.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ GRIDS = {
     "full": Grids(interpolation="-0.5:1.5:41", line="-1:1:51", plane="-1:1:25", samples=None),
     "quick": Grids(interpolation="-0.5:1.5:9", line="-1:1:11", plane="-1:1:7", samples=200),
 }
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    checkpoints: int  # log-spaced steps recorded (plus step 0; steps that round alike are kept once)
+    points: int  # per axis of the trajectory's plane
+    dpi: int  # of the animation's frames
+
+
+TRAJECTORY = {"full": Trajectory(checkpoints=24, points=17, dpi=80), "quick": Trajectory(checkpoints=8, points=5, dpi=40)}
+RUN_FOLDER = "training-run"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -88,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import MnistCNN, save_checkpoint
     from ..plot import static
     from ..train import seeded, train
+    from ..trajectory import animate, read_paths, trajectory_landscape
 
     mode = "quick" if args.quick else "full"
     grids = GRIDS[mode]
@@ -106,10 +121,15 @@ def run(args: argparse.Namespace) -> int:
     model = copy.deepcopy(init)
     epochs, batch, opt, lr = MAIN[mode]
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"1/5 training the seed CNN ({n_params:,} parameters) on digits:train "
+    say(f"1/6 training the seed CNN ({n_params:,} parameters) on digits:train "
         f"({len(train_data)} images), {opt} lr={lr:g}, batch {batch}, {epochs} epoch(s)")
+    steps = epochs * -(-len(train_data) // batch)
+    recorder = _recorder(out / RUN_FOLDER, steps, TRAJECTORY[mode].checkpoints, model, lr)
+    say(f"    recording {len(recorder.schedule.steps)} checkpoints (log-spaced steps 0…{steps}) in {RUN_FOLDER}/")
     result = train(model, train_data, test_data, epochs=epochs, batch_size=batch, optimizer=opt, lr=lr,
-                   seed=args.seed, progress=True, log=say)
+                   seed=args.seed, progress=True, log=say,
+                   on_step=lambda step, loss: recorder.save(model, step=step, lr=lr, loss=loss,
+                                                            epoch=step / (steps / epochs)))
     say(f"    train accuracy {result.train_accuracy:.2%}, test accuracy {result.test_accuracy:.2%} "
         f"({result.seconds:.0f} s)")
     trained_path = save_checkpoint(model, out / "trained.safetensors")
@@ -117,16 +137,16 @@ def run(args: argparse.Namespace) -> int:
     common = dict(samples=grids.samples, data_description="digits:test", progress=True, overwrite=True)
     files: list[tuple[str, Path, object]] = []
 
-    say(f"2/5 interpolation init → trained, α ∈ {grids.interpolation} on {eval_text}")
+    say(f"2/6 interpolation init → trained, α ∈ {grids.interpolation} on {eval_text}")
     d = target_directions(init, model, names=("init", "trained"))
     interp = compute(init, test_data, x=grids.interpolation, directions=d, out=out / "interpolation.nc", **common)
     files.append(("1-D interpolation init → trained (Goodfellow et al. 2015)", out / "interpolation.nc", interp))
 
-    say(f"3/5 1-D filter-normalized random slice around the trained model, α ∈ {grids.line}")
+    say(f"3/6 1-D filter-normalized random slice around the trained model, α ∈ {grids.line}")
     line = compute(model, test_data, x=grids.line, seed=args.seed, out=out / "slice1d.nc", **common)
     files.append(("1-D filter-normalized random slice (Li et al. 2018)", out / "slice1d.nc", line))
 
-    say(f"4/5 2-D filter-normalized random plane around the trained model, α, β ∈ {grids.plane}")
+    say(f"4/6 2-D filter-normalized random plane around the trained model, α, β ∈ {grids.plane}")
     plane = compute(model, test_data, x=grids.plane, y=grids.plane, seed=args.seed, out=out / "plane.nc", **common)
     files.append(("2-D filter-normalized random plane (Li et al. 2018)", out / "plane.nc", plane))
 
@@ -144,10 +164,19 @@ def run(args: argparse.Namespace) -> int:
             files.append((f"2-D filter-normalized plane of variant {name}", out / f"plane_{name}.nc", ds))
             compared.append((name, res, ds))
 
-    say("5/5 figures (PNG + PDF), report and summary")
+    say(f"5/6 the plane of the training trajectory ({RUN_FOLDER}/), {TRAJECTORY[mode].points}×"
+        f"{TRAJECTORY[mode].points} points covering the path, on {eval_text}")
+    traj = trajectory_landscape(MnistCNN(), out / RUN_FOLDER, test_data, points=TRAJECTORY[mode].points,
+                                out=out / "trajectory.nc", **common)
+    files.append(("plane of the training trajectory (top two principal directions, origin: trained)",
+                  out / "trajectory.nc", traj))
+
+    say("6/6 figures (PNG + PDF), animation, report and summary")
     figures: list[Path] = []
     for stem, ds in (("interpolation", interp), ("slice1d", line), ("plane", plane)):
         figures += static.plot_all(ds, out / stem, ("png", "pdf"))
+    figures += static.save_figure(static.figure(traj, "trajectory"), out / "trajectory", ("png", "pdf"))
+    animation = animate(traj, read_paths(traj), out / "trajectory.gif", dpi=TRAJECTORY[mode].dpi)
     if compared:
         fig = static.plot_compare([ds for _, _, ds in compared], titles=[
             f"{name} (test acc {res.test_accuracy:.1%})" for name, res, _ in compared])
@@ -158,8 +187,9 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:  # the interactive report is optional
         write_report = None
     if write_report is not None:
-        reports.append(write_report([interp, line, plane], out / "report.html",
-                                    titles=["interpolation init → trained", "random slice 1-D", "random plane 2-D"]))
+        reports.append(write_report([interp, line, plane, traj], out / "report.html",
+                                    titles=["interpolation init → trained", "random slice 1-D", "random plane 2-D",
+                                            "training trajectory"]))
         if compared:
             reports.append(write_report([ds for _, _, ds in compared], out / "compare.html",
                                         titles=[name for name, _, _ in compared]))
@@ -185,8 +215,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"{key}_loss_max = {ds.attrs.get('summary_max', float('nan')):.6g}")
     for name, res, _ in compared:
         lines.append(f"{name}_test_accuracy = {res.test_accuracy:.4f}   ({res.describe()})")
+    lines += _trajectory_lines(traj)
     lines += ["", "figures (PNG and PDF):"]
     lines += [f"  {p.name}" for p in figures if p.suffix == ".png"]
+    lines += ["", "animation of the training path over its plane:", f"  {animation.name}"]
     if reports:
         lines += ["", "interactive report (opens offline in a browser):"] + [f"  {p.name}" for p in reports]
     lines += ["", f"everything is in {out.resolve()}"]
@@ -195,3 +227,30 @@ def run(args: argparse.Namespace) -> int:
         f"and summary.txt to {out}/ in {elapsed:.0f} s "
         f"(test accuracy {result.test_accuracy:.2%}; plane loss {_range(plane, 'loss')})")
     return 0
+
+
+def _recorder(folder: Path, steps: int, count: int, model, lr: float):
+    """A recorder of the main training run on a log-spaced schedule, its step 0 (the initialization) saved.
+    A run recorded by an earlier demo in ``folder`` is replaced."""
+    from ..trajectory import Recorder, Schedule
+    from ..trajectory.run import MANIFEST
+
+    if folder.is_dir():
+        for old in [*folder.glob("step-*.safetensors"), folder / MANIFEST]:
+            old.unlink(missing_ok=True)
+    recorder = Recorder(folder, schedule=Schedule.log(1, steps, count))
+    recorder.save(model, step=0, epoch=0.0, lr=lr)
+    return recorder
+
+
+def _trajectory_lines(ds) -> list[str]:
+    """summary.txt's numbers of the trajectory's plane."""
+    from ..trajectory import read_paths
+
+    (path,) = read_paths(ds)
+    return [
+        f"trajectory_checkpoints = {len(path.steps)}",
+        f"trajectory_explained = {float(ds.attrs['trajectory_explained']):.6g}",
+        f"trajectory_residual_max = {float(path.residuals.max()):.6g}",
+        f"trajectory_plane_loss_gap_max = {float(abs(path.plane['loss'] - path.checkpoint['loss']).max()):.6g}",
+    ]

@@ -71,6 +71,10 @@ def lines(ds, name: str) -> list[str]:
         missing = v.size - finite.size
         out.append(f"  {var}: {rng}, at centre {at:.6g}" + (f", {missing} non-finite of {v.size}" if missing else ""))
     out.extend(_error_lines(ds, centre))
+    if "trajectory_runs" in ds.attrs:  # the checkpoints of a trajectory file (coordinates, not metrics)
+        from ..trajectory.stored import trajectory_lines
+
+        out.extend(trajectory_lines(ds))
     out.append("metadata:")
     m = meta(ds)
     settings = m.pop("settings", None)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ._common import levels_option
 
 
-KINDS = ("line", "contour", "contourf", "heatmap", "surface", "summary", "all")
+KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "summary", "all")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,9 +24,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="FILE.nc", help="a landscape file")
     p.add_argument("--kind", choices=KINDS, default="all",
-                   help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for "
-                        "2-D; for a direction ensemble (--seeds): line = median and 10-90%% band, contour/contourf/heatmap = "
-                        "one panel per seed, summary = the flatness numbers over seeds)")
+                   help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D; "
+                        "for a trajectory file also 'trajectory', the path over the map and on the surface side by side, "
+                        "and its contour and surface figures carry the path; for a direction ensemble (--seeds): line = "
+                        "median and 10-90%% band, contour/contourf/heatmap = one panel per seed, summary = the flatness "
+                        "numbers over seeds)")
     p.add_argument("--metric", default="loss", help="metric for 2-D figures (default: loss)")
     p.add_argument("--log", action="store_true", help="log scale for the metric")
     p.add_argument("--vmin", type=float, help="lower end of the colour range / contour levels")

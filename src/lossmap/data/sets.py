@@ -39,6 +39,20 @@ def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> T
 
     Each 8×8 image is scaled to 20×20 (bilinear) and centred in a 28×28 frame, as MNIST digits are.
     The split is a fixed stratified shuffle (``seed``), so ``train`` and ``test`` never overlap.
+
+    Args:
+        split (str): ``train`` or ``test``.
+        test_fraction (float): the share of the images in the test split.
+        seed (int): the seed of the split.
+
+    Returns:
+        TensorDataset: images ``[N, 1, 28, 28]`` (float32, normalized like MNIST) and labels ``[N]`` (int64).
+
+    Examples:
+        >>> from lossmap.data import digits
+        >>> test = digits("test")
+        >>> len(test), tuple(test[0][0].shape)
+        (360, (1, 28, 28))
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -82,7 +96,24 @@ def _find_idx(folder: Path, stem: str) -> Path:
 
 
 def mnist(folder: str | Path, split: str = "train") -> TensorDataset:
-    """MNIST from a folder of the standard IDX files (``train-images-idx3-ubyte[.gz]`` …)."""
+    """MNIST from a folder of the standard IDX files (``train-images-idx3-ubyte[.gz]`` …), gzipped or not.
+
+    Args:
+        folder (str | Path): the folder with the four IDX files.
+        split (str): ``train`` or ``test``.
+
+    Returns:
+        TensorDataset: images ``[N, 1, 28, 28]`` (float32, normalized) and labels ``[N]`` (int64).
+
+    Raises:
+        LossmapError: the folder or a file is missing or damaged.
+
+    Examples:
+        >>> from lossmap.data import mnist
+        >>> test = mnist("data/mnist", "test")                    # needs MNIST on disk  # doctest: +SKIP
+        >>> len(test)                                             # doctest: +SKIP
+        10000
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise LossmapError(f"MNIST folder {str(folder)!r} does not exist: give the folder that holds the IDX files")
@@ -96,7 +127,22 @@ def mnist(folder: str | Path, split: str = "train") -> TensorDataset:
 
 
 def npz(path: str | Path) -> TensorDataset:
-    """A ``.npz`` file with arrays ``x`` (inputs, used as stored) and ``y`` (integer labels)."""
+    """A ``.npz`` file with arrays ``x`` (inputs, used as stored) and ``y`` (labels or targets).
+
+    Args:
+        path (str | Path): the ``.npz`` file.
+
+    Returns:
+        TensorDataset: ``x`` and ``y`` as tensors.
+
+    Examples:
+        >>> import pathlib, tempfile, numpy as np
+        >>> from lossmap.data import npz
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "d.npz"
+        >>> np.savez(path, x=np.zeros((5, 3), dtype="float32"), y=np.arange(5))
+        >>> len(npz(path))
+        5
+    """
     path = Path(path)
     if not path.is_file():
         raise LossmapError(f"npz file {str(path)!r} does not exist: check the path")
@@ -121,8 +167,24 @@ def npz(path: str | Path) -> TensorDataset:
 
 
 def load_data(spec: str) -> Any:
-    """Resolve a data spec: ``digits[:train|test]``, ``mnist:DIR[:train|test]``, ``npz:FILE``,
-    or ``package.module:factory`` / ``file.py:factory`` returning a Dataset, DataLoader or iterable of batches."""
+    """Resolve a data spec, as ``--data`` does.
+
+    Args:
+        spec (str): ``digits[:train|test]``, ``mnist:DIR[:train|test]``, ``npz:FILE``, or
+            ``package.module:factory`` / ``file.py:factory`` returning a Dataset, DataLoader or iterable of
+            batches.
+
+    Returns:
+        Any: the data, as ``lossmap.compute`` takes it.
+
+    Raises:
+        LossmapError: an unknown spec, a missing file, or a factory that fails.
+
+    Examples:
+        >>> from lossmap.data import load_data
+        >>> len(load_data("digits:train"))
+        1437
+    """
     if spec == "digits" or spec.startswith("digits:"):
         _, _, split = spec.partition(":")
         return digits(split or "train")

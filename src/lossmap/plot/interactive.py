@@ -256,7 +256,26 @@ def _equal_aspect(ds: xr.Dataset) -> dict[str, Any]:
 def landscape_figures(
     ds: xr.Dataset, metric: str = "loss", log: bool = False, title: str = "", levels: int = DEFAULT_LEVELS
 ) -> dict[str, go.Figure]:
-    """Figures of one landscape: ``surface`` and ``contour`` (2-D only) and ``lines``."""
+    """The plotly figures of one landscape, as the report shows them (they display in notebooks).
+
+    Args:
+        ds (xr.Dataset): a 1-D or 2-D landscape.
+        metric (str): the metric of the surface and contour map.
+        log (bool): log10 of the values (hover shows the stored ones).
+        title (str): a title for the figures.
+        levels (int): the number of contour levels.
+
+    Returns:
+        dict[str, go.Figure]: ``surface`` and ``contour`` (2-D only) and ``lines``.
+
+    Examples:
+        >>> from lossmap.plot.interactive import landscape_figures
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> sorted(landscape_figures(plane))
+        ['contour', 'lines', 'surface']
+    """
     values = _values(ds, metric)
     figs: dict[str, go.Figure] = {}
     if _is_2d(ds) and ds.sizes["x"] >= 2 and ds.sizes["y"] >= 2:
@@ -274,6 +293,10 @@ def landscape_figures(
                            xaxis={"title": {"text": _axis_label(ds, "x")}},
                            yaxis={"title": {"text": _axis_label(ds, "y")}, **_equal_aspect(ds)})
         figs["contour"] = cont
+        if "trajectory_runs" in ds.attrs:  # a trajectory file: its path on both, with a step slider
+            from .trajectory import add_paths
+
+            add_paths(figs, ds, metric, log, (lo, hi, floor))
     figs["lines"] = _lines_figure(ds, metric, log, f"{title} — {'central cross-sections' if _is_2d(ds) else 'curve'}")
     return figs
 
@@ -282,7 +305,30 @@ def comparison_figures(
     datasets: Sequence[xr.Dataset], titles: Sequence[str], metric: str = "loss", log: bool = False,
     levels: int = DEFAULT_LEVELS,
 ) -> dict[str, go.Figure]:
-    """Side-by-side figures of comparable landscapes on ONE colour scale (same cmin/cmax and contour levels)."""
+    """Side-by-side figures of comparable landscapes on ONE colour scale (same cmin/cmax and contour levels).
+
+    Args:
+        datasets (Sequence[xr.Dataset]): landscapes with the same grid and metric.
+        titles (Sequence[str]): a title per landscape.
+        metric (str): the metric to draw.
+        log (bool): log10 of the values.
+        levels (int): the number of contour levels.
+
+    Returns:
+        dict[str, go.Figure]: ``contour``, ``surface`` (2-D) and ``lines``.
+
+    Raises:
+        LossmapError: the landscapes cannot be compared (different grids or metrics).
+
+    Examples:
+        >>> import torch, lossmap
+        >>> from lossmap.plot.interactive import comparison_figures
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> planes = [lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:5", y="-1:1:5") for _ in range(2)]
+        >>> figs = comparison_figures(planes, ["a", "b"])
+        >>> figs["contour"].layout.coloraxis.cmax == figs["surface"].layout.coloraxis.cmax   # one scale
+        True
+    """
     stats.require_comparable(datasets, titles, metric)
     arrays = [_values(d, metric) for d in datasets]
     lo, hi, floor = shared_range(arrays, metric, log, _higher_is_better(datasets[0], metric))
@@ -409,7 +455,7 @@ class _Html:
     def figure(self, fig: go.Figure) -> str:
         self.count += 1
         div = pio.to_html(fig, full_html=False, include_plotlyjs=not self.embedded, config=_PLOT_CONFIG,
-                          div_id=f"lossmap-plot-{self.count}", validate=False)
+                          div_id=f"lossmap-plot-{self.count}", validate=False, auto_play=False)
         self.embedded = True
         return f"<div>{div}</div>"
 
@@ -470,8 +516,29 @@ def write_report(
 ) -> Path:
     """Write ONE self-contained HTML report of ``datasets`` to ``path`` (plotly.js embedded; opens offline).
 
-    ``titles`` default to each landscape's ``title`` attribute or ``landscape N``. ``rise`` is passed to
-    :func:`lossmap.stats.summarize` (default: each landscape's own default threshold). Returns the path.
+    Per landscape: an interactive 3-D surface, the contour map with the models marked, the 1-D curves, the
+    summary numbers and every metadata field; comparable landscapes also side by side on one colour scale.
+
+    Args:
+        datasets (xr.Dataset | Sequence[xr.Dataset]): one landscape or several.
+        path (str | Path): the ``.html`` file to write; its folder must exist.
+        titles (Sequence[str] | None): a title per landscape (default: its ``title`` attribute or ``landscape N``).
+        metric (str): the metric of the surfaces and contour maps.
+        log (bool): log10 of the values.
+        levels (int): the number of contour levels.
+        rise (float | None): passed to :func:`lossmap.stats.summarize` (default: each landscape's own threshold).
+
+    Returns:
+        Path: the path written.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> page = lossmap.write_report(plane, pathlib.Path(tempfile.mkdtemp()) / "report.html", titles=["plane"])
+        >>> page.stat().st_size > 1_000_000                       # plotly.js is inside: it opens offline
+        True
     """
     if isinstance(datasets, xr.Dataset):
         datasets = [datasets]

@@ -347,7 +347,24 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     on a right twin axis (percent when in [0, 1]). Model positions from the ``markers`` attribute are drawn
     as labelled vertical lines. For a 2-D landscape the two central cross-sections are drawn: along x at the
     y nearest 0 (solid) and along y at the x nearest 0 (dashed), on a shared coefficient axis.
-    Returns ``(fig, ax)`` (the left axis).
+
+    Args:
+        ds (xr.Dataset): a 1-D or 2-D landscape.
+        ax (Any): a matplotlib ``Axes`` to draw into (default: a new figure).
+        log (bool): log scale for the loss axis.
+        metrics (Sequence[str] | None): the metrics to draw (default: all).
+
+    Returns:
+        tuple[Figure, Axes]: the figure and the left axis.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> line = lossmap.compute(a, data, x="-0.5:1.5:9", directions=lossmap.target_directions(a, b))
+        >>> fig, ax = lossmap.plot_line(line)
+        >>> ax.get_xlabel()
+        'α (A → B)'
     """
     names = list(metrics) if metrics is not None else _metric_names(ds)
     if not names:
@@ -486,9 +503,26 @@ def plot_contour(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
                  filled: bool = False):
     """Labelled contour lines of a 2-D landscape (``filled=True``: filled contours with a colour bar).
 
-    ``levels``: a count (default 15; round linear values, geometric with ``log=True``) spread over
-    ``[vmin, vmax]`` (default: finite minimum to :func:`robust_upper`), or an explicit list.
-    Returns ``(fig, ax)``; the :class:`~matplotlib.contour.ContourSet` is in ``ax.collections``.
+    Args:
+        ds (xr.Dataset): a 2-D landscape.
+        ax (Any): a matplotlib ``Axes`` to draw into (default: a new figure sized to the grid's aspect).
+        metric (str): the metric to draw.
+        log (bool): geometric levels and a log colour scale.
+        levels (int | Sequence[float] | None): a count (default 15; round linear values, geometric with
+            ``log=True``) spread over ``[vmin, vmax]``, or an explicit list.
+        vmin (float | None): the lowest level (default: the finite minimum).
+        vmax (float | None): the highest level (default: :func:`robust_upper`, the 95th percentile).
+        filled (bool): filled contours with a colour bar.
+
+    Returns:
+        tuple[Figure, Axes]: the figure and the axes; the ``ContourSet`` is in ``ax.collections``.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> fig, ax = lossmap.plot_contour(plane, levels=10)
+        >>> fig.savefig("plane_contour.png")                      # doctest: +SKIP
     """
     _require_2d(ds, "contour plot", 2)
     values = _grid_values(ds, metric, log)
@@ -505,7 +539,27 @@ def plot_contour(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
 
 def plot_heatmap(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool = False,
                  vmin: float | None = None, vmax: float | None = None):
-    """Colour-coded cells (pcolormesh, edges at coordinate midpoints) with a colour bar. Returns ``(fig, ax)``."""
+    """Colour-coded cells (pcolormesh, edges at coordinate midpoints) with a colour bar.
+
+    Args:
+        ds (xr.Dataset): a 2-D landscape.
+        ax (Any): a matplotlib ``Axes`` to draw into (default: a new figure).
+        metric (str): the metric to draw.
+        log (bool): a log colour scale.
+        vmin (float | None): the colour scale's lower end (default: the finite minimum).
+        vmax (float | None): its upper end (default: the 95th percentile).
+
+    Returns:
+        tuple[Figure, Axes]: the figure and the axes.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> fig, ax = lossmap.plot_heatmap(plane, metric="accuracy")
+        >>> len(fig.axes)                                         # the map and its colour bar
+        2
+    """
     _require_2d(ds, "heatmap")
     values = _grid_values(ds, metric, log)
     lo, hi = _value_range([values], metric, log, vmin, vmax, _higher_is_better(ds, metric))
@@ -554,8 +608,26 @@ def plot_surface(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool
     """3-D surface with a colour map and colour bar; z is clipped to ``[vmin, vmax]``.
 
     Default clip: ``vmax`` = :func:`robust_upper` (95th percentile of the finite values), so the basin is not
-    flattened by a few exploding rim points; clipped parts form a flat plateau at ``vmax``. With ``log=True``
-    the surface shows log10 of the (floored) values. ``ax`` must be a 3-D axes if given.
+    flattened by a few exploding rim points; clipped parts form a flat plateau at ``vmax``.
+
+    Args:
+        ds (xr.Dataset): a 2-D landscape.
+        ax (Any): a 3-D matplotlib axes (``projection="3d"``) to draw into (default: a new figure).
+        metric (str): the metric to draw.
+        log (bool): show log10 of the (floored) values.
+        vmin (float | None): the lower clip (default: the finite minimum).
+        vmax (float | None): the upper clip (default: the 95th percentile).
+
+    Returns:
+        tuple[Figure, Axes]: the figure and the 3-D axes.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> fig, ax = lossmap.plot_surface(plane)
+        >>> ax.name
+        '3d'
     """
     _require_2d(ds, "surface plot", 2)
     values = _grid_values(ds, metric, log)
@@ -584,9 +656,30 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
                  kind: str = "contour", log: bool = False, levels: int | Sequence[float] | None = None):
     """Several landscapes on ONE colour scale: side-by-side panels sharing levels, norm and a colour bar.
 
-    2-D: ``kind`` is ``contour``, ``contourf``, ``heatmap`` or ``surface``. 1-D: the curves are overlaid on
-    one axis (``kind`` is ignored). All landscapes must have the metric and identical coordinates.
-    Returns the figure.
+    All landscapes must have the metric and identical coordinates.
+
+    Args:
+        datasets (Sequence[xr.Dataset]): the landscapes, all 1-D or all 2-D on one grid.
+        titles (Sequence[str] | None): a title per panel (default: each landscape's description).
+        metric (str): the metric to draw.
+        kind (str): 2-D: ``contour``, ``contourf``, ``heatmap`` or ``surface``; 1-D curves are overlaid on one
+            axis (``kind`` is ignored).
+        log (bool): a log colour scale.
+        levels (int | Sequence[float] | None): contour levels shared by all panels.
+
+    Returns:
+        Figure: the figure.
+
+    Raises:
+        LossmapError: the landscapes have different grids or lack the metric.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> planes = [lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:5", y="-1:1:5") for _ in range(2)]
+        >>> fig = lossmap.plot_compare(planes, titles=["run 1", "run 2"])
+        >>> [ax.get_title() for ax in fig.axes[:2]]
+        ['run 1', 'run 2']
     """
     datasets = list(datasets)
     if not datasets:
@@ -673,11 +766,29 @@ def _close(fig: Any) -> None:
 
 
 def save_figure(fig: Any, path_or_stem: str | Path, formats: Sequence[str] | str = ("png",)) -> list[Path]:
-    """Write ``fig`` and close it; returns the paths written.
+    """Write ``fig`` and close it.
 
     A path ending in ``.png``/``.pdf``/``.svg`` names exactly one file, written in that format (``formats`` is
     then ignored); any other path is a stem and gets one file per format (``stem.png``, ``stem.pdf``, …).
-    PNGs are written at 150 dpi. The parent folder must exist.
+    PNGs are written at 150 dpi.
+
+    Args:
+        fig (Any): a matplotlib figure.
+        path_or_stem (str | Path): a file or a stem; its folder must exist.
+        formats (Sequence[str] | str): the formats for a stem.
+
+    Returns:
+        list[Path]: the paths written.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from lossmap.plot.static import save_figure
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> fig, _ = lossmap.plot_contour(plane)
+        >>> [p.name for p in save_figure(fig, pathlib.Path(tempfile.mkdtemp()) / "plane", ("png", "svg"))]
+        ['plane.png', 'plane.svg']
     """
     path = Path(path_or_stem)
     try:
@@ -714,26 +825,69 @@ KINDS_2D = ("contour", "contourf", "heatmap", "surface", "line")
 
 
 def kinds_for(ds: xr.Dataset) -> tuple[str, ...]:
-    """The figure kinds that apply: 1-D ``line``; 2-D all of :data:`KINDS_2D`, but only ``heatmap`` and
-    ``line`` when an axis has a single point (contours and surfaces need 2 points each way)."""
+    """The figure kinds that apply to a landscape.
+
+    Args:
+        ds (xr.Dataset): a landscape.
+
+    Returns:
+        tuple[str, ...]: 1-D ``("line",)``; 2-D all of :data:`KINDS_2D`, but only ``heatmap`` and ``line`` when
+            an axis has a single point (contours and surfaces need 2 points each way).
+
+    Examples:
+        >>> import numpy as np, xarray as xr
+        >>> from lossmap.plot.static import kinds_for
+        >>> kinds_for(xr.Dataset({"loss": (("x", "y"), np.zeros((5, 1)))}, coords={"x": np.arange(5.0), "y": [0.0]}))
+        ('heatmap', 'line')
+    """
     if not _is_2d(ds):
         return ("line",)
     if min(ds.sizes["x"], ds.sizes["y"]) < 2:
         return ("heatmap", "line")
+    if "trajectory_runs" in ds.attrs:  # a trajectory file: the path over the map and on the surface, side by side
+        from ..trajectory.stored import has_trajectory
+
+        return KINDS_2D + ("trajectory",) if has_trajectory(ds) else KINDS_2D
     return KINDS_2D
 
 
 def figure(ds: xr.Dataset, kind: str, metric: str | None = None, log: bool = False, levels: Any = None,
            vmin: float | None = None, vmax: float | None = None) -> Any:
-    """One figure of ``kind`` (``line``, ``contour``, ``contourf``, ``heatmap`` or ``surface``).
+    """One figure of a given kind (a file of ``lossmap trajectory`` also draws its stored path).
 
-    ``metric`` defaults to ``loss`` (or the first metric when there is no loss); ``line`` draws every metric.
+    Args:
+        ds (xr.Dataset): a landscape.
+        kind (str): ``line``, ``contour``, ``contourf``, ``heatmap`` or ``surface``; ``trajectory`` for a file
+            of ``lossmap trajectory`` (its contour and surface figures also carry the path).
+        metric (str | None): default ``loss`` (or the first metric when there is no loss); ``line`` draws every
+            metric.
+        log (bool): log scales.
+        levels (Any): contour levels (a count or a list).
+        vmin (float | None): the lower end of the colour scale.
+        vmax (float | None): its upper end.
+
+    Returns:
+        Any: the matplotlib figure.
+
+    Examples:
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> fig = lossmap.plot.figure(plane, "contourf", metric="accuracy")
+        >>> type(fig).__name__
+        'Figure'
     """
     if metric is None:
         names = _metric_names(ds)
         metric = "loss" if "loss" in ds.data_vars else (names[0] if names else "loss")
     if kind == "line":
         return plot_line(ds, log=log)[0]
+    if "trajectory_runs" in ds.attrs or kind == "trajectory":  # the path of a trajectory file drawn on the map
+        from ..trajectory.figures import file_figure
+
+        fig = file_figure(ds, kind, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax)
+        if fig is not None:
+            return fig
     if kind in ("contour", "contourf"):
         return plot_contour(ds, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax, filled=kind == "contourf")[0]
     if kind == "heatmap":
@@ -754,7 +908,30 @@ def figure_stem(stem: str | Path, kind: str) -> Path:
 def plot_all(ds: xr.Dataset, out_stem: str | Path, formats: Sequence[str] = ("png", "pdf"), log: bool = False,
              metric: str | None = None, levels: Any = None, vmin: float | None = None,
              vmax: float | None = None) -> list[Path]:
-    """Every figure that applies (:func:`kinds_for`), as ``<stem>_<kind>.<fmt>``; returns the paths written."""
+    """Every figure that applies (:func:`kinds_for`), as ``<stem>_<kind>.<fmt>``.
+
+    Args:
+        ds (xr.Dataset): a landscape.
+        out_stem (str | Path): the stem, e.g. ``figures/plane``; its folder must exist.
+        formats (Sequence[str]): ``png``, ``pdf``, ``svg``.
+        log (bool): log scales.
+        metric (str | None): the metric of the 2-D figures (default: ``loss``).
+        levels (Any): contour levels (a count or a list).
+        vmin (float | None): the lower end of the colour scales.
+        vmax (float | None): their upper end.
+
+    Returns:
+        list[Path]: the paths written.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import torch, lossmap
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> plane = lossmap.compute(torch.nn.Linear(4, 3), data, x="-1:1:9", y="-1:1:7", seed=0)
+        >>> written = lossmap.plot_all(plane, pathlib.Path(tempfile.mkdtemp()) / "plane", formats=("png",))
+        >>> sorted(p.name for p in written)
+        ['plane_contour.png', 'plane_contourf.png', 'plane_heatmap.png', 'plane_line.png', 'plane_surface.png']
+    """
     fmts = [formats] if isinstance(formats, str) else list(formats)
     written: list[Path] = []
     for kind in kinds_for(ds):

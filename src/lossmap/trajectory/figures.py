@@ -30,8 +30,8 @@ import xarray as xr
 
 from ..errors import LossmapError
 
-__all__ = ["plot_path", "plot_path_surface", "trajectory_figure", "RESIDUAL_THRESHOLD", "STEP_CMAP", "as_paths",
-           "step_norm"]
+__all__ = ["plot_path", "plot_path_surface", "trajectory_figure", "file_figure", "RESIDUAL_THRESHOLD", "STEP_CMAP",
+           "as_paths", "step_norm", "log_steps", "FILE_KINDS"]
 
 #: residual above which a checkpoint is flagged (sine of its offset's angle to the plane)
 RESIDUAL_THRESHOLD = 0.3
@@ -39,7 +39,8 @@ RESIDUAL_THRESHOLD = 0.3
 STEP_CMAP = "plasma"
 _RUN_MARKERS = ("o", "s", "^", "D", "v", "P")
 #: the legend goes below the axes, where it hides no part of the path
-LEGEND = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.13), "ncol": 3, "fontsize": 8, "frameon": False}
+LEGEND = {"loc": "upper center", "bbox_to_anchor": (0.5, 0.0), "borderaxespad": 3.6, "ncol": 3, "fontsize": 8,
+          "frameon": False}
 
 
 class _Path:
@@ -71,6 +72,14 @@ def as_paths(paths: Any) -> list[_Path]:
     return out
 
 
+def log_steps(steps: np.ndarray) -> bool:
+    """Whether steps are drawn on a logarithmic colour scale (log(step + 1)): when they are log-spaced,
+    i.e. their gaps vary more than they average (see the module docstring)."""
+    steps = np.unique(np.asarray(steps, dtype=np.float64))
+    gaps = np.diff(steps)
+    return bool(steps.size and steps.min() >= 0 and gaps.size > 1 and gaps.std() > gaps.mean())
+
+
 def step_norm(paths: Sequence[_Path]) -> Any:
     """The colour normalization of the steps of all paths (see the module docstring)."""
     from matplotlib import colors as mcolors
@@ -79,8 +88,7 @@ def step_norm(paths: Sequence[_Path]) -> Any:
     lo, hi = float(steps.min()), float(steps.max())
     if hi == lo:
         hi = lo + 1.0
-    gaps = np.diff(steps)
-    if lo >= 0 and gaps.size > 1 and gaps.std() > gaps.mean():
+    if log_steps(steps):
         return mcolors.FuncNorm((np.log1p, np.expm1), vmin=lo, vmax=hi)
     return mcolors.Normalize(vmin=lo, vmax=hi)
 
@@ -137,14 +145,15 @@ def _finish(fig: Any, ax: Any, paths: Sequence[_Path], norm: Any, cmap: str, thr
 
 def plot_path(ds: xr.Dataset, paths: Any, ax: Any = None, *, metric: str = "loss", log: bool = False,
               levels: int | Sequence[float] | None = None, filled: bool = False,
-              residual_threshold: float = RESIDUAL_THRESHOLD, cmap: str = STEP_CMAP):
+              residual_threshold: float = RESIDUAL_THRESHOLD, cmap: str = STEP_CMAP, vmin: float | None = None,
+              vmax: float | None = None):
     """The path(s) over the contour map of the plane's landscape.
 
     Args:
         ds (xr.Dataset): a 2-D landscape of the plane (dims x, y).
         paths: a :class:`~lossmap.trajectory.pca.Plane`, one path, or a list (see the module docstring).
         ax: a matplotlib axes to draw on (default: a new figure).
-        metric, log, levels, filled: as for :func:`lossmap.plot.static.plot_contour`.
+        metric, log, levels, filled, vmin, vmax: as for :func:`lossmap.plot.static.plot_contour`.
         residual_threshold (float): checkpoints whose residual exceeds it get a hollow red ring.
         cmap (str): colour map of the steps.
     Returns:
@@ -156,7 +165,7 @@ def plot_path(ds: xr.Dataset, paths: Any, ax: Any = None, *, metric: str = "loss
     from ..plot.static import plot_contour
 
     items = as_paths(paths)
-    fig, ax = plot_contour(ds, ax=ax, metric=metric, log=log, levels=levels, filled=filled)
+    fig, ax = plot_contour(ds, ax=ax, metric=metric, log=log, levels=levels, filled=filled, vmin=vmin, vmax=vmax)
     norm = step_norm(items)
     flagged = False
     for i, p in enumerate(items):
@@ -172,7 +181,7 @@ def _interp(ds: xr.Dataset, metric: str, coords: np.ndarray) -> np.ndarray:
 
 def plot_path_surface(ds: xr.Dataset, paths: Any, z: Sequence[np.ndarray] | np.ndarray | None = None, ax: Any = None, *,
                       metric: str = "loss", log: bool = False, residual_threshold: float = RESIDUAL_THRESHOLD,
-                      cmap: str = STEP_CMAP):
+                      cmap: str = STEP_CMAP, vmin: float | None = None, vmax: float | None = None):
     """The path(s) lifted onto the 3-D surface of the plane's landscape.
 
     Args:
@@ -182,8 +191,8 @@ def plot_path_surface(ds: xr.Dataset, paths: Any, z: Sequence[np.ndarray] | np.n
             checkpoint's projection (evaluated by the caller). None: interpolated linearly from the
             grid (an approximation; NaN outside it).
         ax: a 3-D axes (default: a new figure).
-        metric, log: as for :func:`lossmap.plot.static.plot_surface`; heights are clipped to the
-            surface's z range as the surface is.
+        metric, log, vmin, vmax: as for :func:`lossmap.plot.static.plot_surface`; heights are clipped
+            to the surface's z range as the surface is.
         residual_threshold, cmap: as for :func:`plot_path`.
     Returns:
         (Figure, Axes3D): the figure and the axes drawn on.
@@ -200,7 +209,7 @@ def plot_path_surface(ds: xr.Dataset, paths: Any, z: Sequence[np.ndarray] | np.n
         if len(zs) != len(items) or any(v.shape != (len(p.coords),) for v, p in zip(zs, items)):
             raise LossmapError(f"z must give one value per checkpoint of each path ({[len(p.coords) for p in items]}), "
                                f"got {[v.size for v in zs]}")
-    fig, ax = plot_surface(ds, ax=ax, metric=metric, log=log)
+    fig, ax = plot_surface(ds, ax=ax, metric=metric, log=log, vmin=vmin, vmax=vmax)
     zlo, zhi = ax.get_zlim()
     norm = step_norm(items)
     flagged = False
@@ -215,11 +224,13 @@ def plot_path_surface(ds: xr.Dataset, paths: Any, z: Sequence[np.ndarray] | np.n
 
 
 def trajectory_figure(ds: xr.Dataset, paths: Any, z: Sequence[np.ndarray] | np.ndarray | None = None, *,
-                      metric: str = "loss", log: bool = False, residual_threshold: float = RESIDUAL_THRESHOLD):
+                      metric: str = "loss", log: bool = False, residual_threshold: float = RESIDUAL_THRESHOLD,
+                      levels: int | Sequence[float] | None = None, vmin: float | None = None, vmax: float | None = None):
     """Both views side by side: the path over the contour map (left) and on the surface (right).
 
     Args:
-        ds, paths, z, metric, log, residual_threshold: as for :func:`plot_path_surface`.
+        ds, paths, z, metric, log, residual_threshold, vmin, vmax: as for :func:`plot_path_surface`.
+        levels: as for :func:`plot_path`.
     Returns:
         Figure: the figure (save it with :func:`lossmap.plot.save_figure`).
     Example:
@@ -228,7 +239,45 @@ def trajectory_figure(ds: xr.Dataset, paths: Any, z: Sequence[np.ndarray] | np.n
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(14.0, 5.8), layout="constrained")
-    plot_path(ds, paths, fig.add_subplot(1, 2, 1), metric=metric, log=log, residual_threshold=residual_threshold)
+    plot_path(ds, paths, fig.add_subplot(1, 2, 1), metric=metric, log=log, levels=levels,
+              residual_threshold=residual_threshold, vmin=vmin, vmax=vmax)
     plot_path_surface(ds, paths, z, fig.add_subplot(1, 2, 2, projection="3d"), metric=metric, log=log,
-                      residual_threshold=residual_threshold)
+                      residual_threshold=residual_threshold, vmin=vmin, vmax=vmax)
     return fig
+
+
+#: the figure kinds of ``lossmap plot`` that draw a trajectory file's path
+FILE_KINDS = ("contour", "contourf", "surface", "trajectory")
+
+
+def file_figure(ds: xr.Dataset, kind: str, *, metric: str = "loss", log: bool = False,
+                levels: int | Sequence[float] | None = None, vmin: float | None = None, vmax: float | None = None):
+    """``lossmap plot``'s figure ``kind`` of a trajectory file, with the stored path(s) drawn on it.
+
+    ``contour``/``contourf``: the path over the map; ``surface``: the path lifted to the plane's value at
+    each checkpoint's projection (stored, not interpolated); ``trajectory``: both side by side.
+
+    Args:
+        ds (xr.Dataset): a file written by ``lossmap trajectory``.
+        kind (str): one of :data:`FILE_KINDS`.
+        metric, log, levels, vmin, vmax: as for :func:`lossmap.plot.static.figure`.
+    Returns:
+        Figure | None: the figure; None when ``ds`` holds no complete trajectory and ``kind`` is not
+        ``trajectory`` (the plain figure applies).
+    Raises:
+        LossmapError: ``kind`` is ``trajectory`` and ``ds`` holds no trajectory.
+    Example:
+        >>> fig = file_figure(lossmap.load("traj.nc"), "contour")  # doctest: +SKIP
+    """
+    from .stored import has_trajectory, read_paths
+
+    if kind not in FILE_KINDS or (kind != "trajectory" and not has_trajectory(ds)):
+        return None
+    paths = read_paths(ds)
+    z = [p.plane[metric] for p in paths] if all(metric in p.plane for p in paths) else None
+    if kind in ("contour", "contourf"):
+        return plot_path(ds, paths, metric=metric, log=log, levels=levels, filled=kind == "contourf", vmin=vmin,
+                         vmax=vmax)[0]
+    if kind == "surface":
+        return plot_path_surface(ds, paths, z, metric=metric, log=log, vmin=vmin, vmax=vmax)[0]
+    return trajectory_figure(ds, paths, z, metric=metric, log=log, levels=levels, vmin=vmin, vmax=vmax)
