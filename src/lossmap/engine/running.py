@@ -106,7 +106,7 @@ def update(state: Running, values: Tensor, reference: Tensor | None, keep: Tenso
         reference (Tensor[M, batch] or None): θ0's values of the same examples (None: the paired rows take 0).
         keep (Tensor[bool, P] or None): points that take this batch (None: all).
 
-    Example:
+    Examples:
         >>> st = start(1, 1)
         >>> update(st, torch.tensor([[[1.0, 2.0]]]), torch.tensor([[1.0, 1.0]]))
         >>> update(st, torch.tensor([[[3.0, 4.0]]]), torch.tensor([[3.0, 3.0]]))

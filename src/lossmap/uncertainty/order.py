@@ -47,7 +47,7 @@ def shuffled(source: Source, seed: int = 0) -> tuple[Source, bool]:
     Returns:
         tuple: the reordered source (same batch size, same samples) and whether it was reordered.
 
-    Example:
+    Examples:
         >>> from lossmap.data.source import make_source
         >>> src = make_source((torch.arange(10.0)[:, None], torch.arange(10)), batch_size=4)
         >>> out, done = shuffled(src, seed=0)

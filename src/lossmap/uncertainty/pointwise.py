@@ -56,7 +56,7 @@ _LONG = {
 def column_names(metrics: Sequence[str]) -> list[str]:
     """The columns of an engine's statistics rows: the metrics, ``m_se``, ``m_paired_se``, ``samples_used``.
 
-    Example:
+    Examples:
         >>> column_names(["loss", "accuracy"])
         ['loss', 'accuracy', 'loss_se', 'accuracy_se', 'loss_paired_se', 'accuracy_paired_se', 'samples_used']
     """
@@ -67,7 +67,7 @@ def column_names(metrics: Sequence[str]) -> list[str]:
 def error_names(ds: xr.Dataset) -> list[str]:
     """The per-point error variables ``ds`` holds (any of ``m_se``, ``m_se_set``, ``m_paired_se``, ``samples_used``).
 
-    Example:
+    Examples:
         >>> ds = xr.Dataset({"loss": ("x", [1.0, 2.0])}, coords={"x": [0.0, 1.0], "loss_se": ("x", [0.1, 0.1])})
         >>> error_names(ds)
         ['loss_se']
@@ -83,7 +83,7 @@ def error_names(ds: xr.Dataset) -> list[str]:
 def has_errors(ds: xr.Dataset, metric: str = "loss") -> bool:
     """Whether ``ds`` holds ``metric_se`` and ``metric_paired_se`` (files made before lossmap stored them do not).
 
-    Example:
+    Examples:
         >>> has_errors(xr.Dataset({"loss": ("x", [1.0])}))
         False
     """
@@ -153,7 +153,7 @@ def read_columns(ds: xr.Dataset, metrics: Sequence[str], dims: Sequence[str] | N
     Returns:
         numpy array ``[G, 3M + 1]`` (float64), ``G`` the grid's points.
 
-    Example:
+    Examples:
         >>> ds = xr.Dataset({"loss": ("x", [1.0, 2.0])}, coords={"loss_se": ("x", [0.1, 0.2])}, attrs={"samples": 50})
         >>> read_columns(ds, ["loss"]).tolist()
         [[1.0, 0.1, nan, 50.0], [2.0, 0.2, nan, 50.0]]
@@ -193,7 +193,7 @@ def noise_mask(ds: xr.Dataset, metric: str = "loss", k: float = 2.0) -> np.ndarr
         bool array with the metric's ``(x[, y])`` shape, True where the change is noise; None when the file
         holds no paired errors for ``metric``.
 
-    Example:
+    Examples:
         >>> x = np.linspace(-1, 1, 5)
         >>> ds = xr.Dataset({"loss": ("x", x**2)}, coords={"x": x, "loss_paired_se": ("x", np.full(5, 0.2))})
         >>> noise_mask(ds).tolist()
@@ -228,7 +228,7 @@ def population_size(data: Any, samples: int | None, evaluated: int, batch_size: 
     Returns:
         int or None: ``N`` (None: unknown).
 
-    Example:
+    Examples:
         >>> import torch
         >>> population_size((torch.zeros(50, 2), torch.zeros(50)), samples=20, evaluated=20, batch_size=8)
         50

@@ -42,7 +42,7 @@ _RANGE = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*$")
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     """The seeds of an ensemble: ``"0:8"`` (0 to 7), ``"8"`` or ``8`` (a count: 0 to 7), ``"1,5,9"`` or a list.
 
-    Example:
+    Examples:
         >>> parse_seeds("2:5"), parse_seeds(3), parse_seeds("4,1")
         ([2, 3, 4], [0, 1, 2], [4, 1])
     """
