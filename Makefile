@@ -31,9 +31,17 @@ test: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
+# the Hessian contenders install without their dependencies, so that pip never replaces torch; what they
+# import besides torch, numpy, scipy and tqdm is listed (backpack-for-pytorch, which would pull torchvision, is not
+# imported by what the benchmark uses)
+HESSIAN_CONTENDERS := hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1 einops==0.8.2 einconv==0.1.0 \
+	linear_operator==0.6.1 opt-einsum==3.4.0
+
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps loss-landscapes==3.0.6
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m pip install -q --no-deps $(HESSIAN_CONTENDERS)
+	$(PY) bench/hessian.py $(BENCH_HESSIAN_ARGS)
 
 bench-trajectory: $(STAMP)
 	$(PY) bench/trajectory.py $(BENCH_ARGS)

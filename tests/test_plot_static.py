@@ -368,7 +368,7 @@ def test_compare_rejects_different_grids_and_metrics():
     with pytest.raises(LossmapError, match="different y grid"):
         plot_compare([a, c])
     d = bowl().drop_vars("accuracy")
-    with pytest.raises(LossmapError, match="metric 'accuracy' is not in landscape 2 \(it has loss\)"):
+    with pytest.raises(LossmapError, match=r"metric .accuracy. is not in landscape 2 \(it has loss\)"):
         plot_compare([a, d], metric="accuracy")
     with pytest.raises(LossmapError, match="same kind"):
         plot_compare([a, interpolation()])

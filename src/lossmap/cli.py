@@ -15,7 +15,8 @@ import sys
 from . import __version__
 from .errors import LossmapError
 
-COMMANDS = ("demo", "surface", "interpolate", "plot", "info", "report", "compare", "export", "trajectory", "animate")
+COMMANDS = ("demo", "surface", "interpolate", "plot", "info", "report", "compare", "export", "trajectory", "animate",
+            "hessian")
 
 
 class _Parser(argparse.ArgumentParser):

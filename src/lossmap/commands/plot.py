@@ -9,7 +9,7 @@ from pathlib import Path
 from ._common import levels_option
 
 
-KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "summary", "all")
+KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "curvature", "summary", "all")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,9 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS, default="all",
                    help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D; "
                         "for a trajectory file also 'trajectory', the path over the map and on the surface side by side, "
-                        "and its contour and surface figures carry the path; for a direction ensemble (--seeds): line = "
-                        "median and 10-90%% band, contour/contourf/heatmap = one panel per seed, summary = the flatness "
-                        "numbers over seeds)")
+                        "and its contour and surface figures carry the path; 'curvature' for a landscape made with "
+                        "surface --curvature; for a direction ensemble (--seeds): line = median and 10-90%% band, "
+                        "contour/contourf/heatmap = one panel per seed, summary = the flatness numbers over seeds)")
     p.add_argument("--metric", default="loss", help="metric for 2-D figures (default: loss)")
     p.add_argument("--log", action="store_true", help="log scale for the metric")
     p.add_argument("--vmin", type=float, help="lower end of the colour range / contour levels")
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import store
     from ..errors import LossmapError
     from ..plot import static
+    from ..plot.curvature import has_curvature
     from ..plot.scale import DEFAULT_LEVELS
 
     formats = [f.strip().lower().lstrip(".") for f in args.format.split(",") if f.strip()]
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     ensemble = "seed" in ds.dims
     if args.kind == "summary" and not ensemble:
         raise LossmapError(f"--kind summary needs a direction ensemble (lossmap surface --seeds); {args.file!r} has one seed")
-    if args.kind not in ("line", "all", "summary") and not two_d:
+    if args.kind not in ("line", "all", "summary", "curvature") and not two_d:
         raise LossmapError(f"--kind {args.kind} needs a 2-D landscape; {args.file!r} is 1-D: use --kind line")
 
     src = Path(args.file)
@@ -81,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         written = _uncertainty_figures(ds, args, out, single_file, formats, options)
     elif args.kind == "all":
         written = static.plot_all(ds, out, formats, **options)
+        written += _curvature_figure(ds, None, formats, stem=out) if has_curvature(ds) else []
+    elif args.kind == "curvature":
+        written = _curvature_figure(ds, out if single_file else None, formats, stem=out)
     else:
         fig = static.figure(ds, args.kind, **options)
         written = static.save_figure(fig, out if single_file else static.figure_stem(out, args.kind), formats)
@@ -109,3 +113,12 @@ def _uncertainty_figures(ds, args: argparse.Namespace, out: Path, single_file: b
             fig = static.figure(ds, kind, **options)
         written += static.save_figure(fig, out if single_file else static.figure_stem(out, kind), formats)
     return written
+
+
+def _curvature_figure(ds, out: Path | None, formats: list[str], stem: Path | None = None) -> list[Path]:
+    """The curvature map (``--kind curvature``) as ``<stem>_curvature.<fmt>``, or exactly ``out``."""
+    from ..plot import static
+    from ..plot.curvature import plot_curvature
+
+    fig = plot_curvature(ds)
+    return static.save_figure(fig, out if out is not None else static.figure_stem(stem, "curvature"), formats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import _common as c
+from ._curvature import add_surface_args, check_surface_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_eval_args(p)
     c.add_precision_args(p)
     c.add_output_args(p)
+    add_surface_args(p)
     c.allow_negative_values(p)
     p.set_defaults(func=run)
     return p
@@ -43,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     out, device = c.check_run_args(args)  # before anything heavy is imported: argument errors answer at once
     extra = c.uncertainty_options(args)
+    check_surface_args(args)
     from ..directions import Directions
     from ..distributed import is_primary
     from ..landscape import compute_run
@@ -50,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     model = c.build_model(args.model, args.checkpoint)
     data = c.load_data(args.data)
     directions = Directions.load(args.directions) if args.directions else None
+    if args.directions_from:
+        from ._curvature import hessian_directions
+
+        directions = hessian_directions(args, model, data, out, device)
     buffers = (args.include_buffers or None) if directions is not None else args.include_buffers  # None: as the directions
     with c.Timer() as t:
         run = compute_run(
@@ -58,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
             include_buffers=buffers, tensor_filter=args.tensors,
             **c.compute_options(args, out, device), **extra,
         )
+    ds = run.landscape()
+    if args.curvature:
+        from ._curvature import add_curvature
+
+        with c.Timer() as tc:
+            ds = add_curvature(args, run, model, data, out, device)
+        t.seconds += tc.seconds
     if is_primary():  # under torchrun, rank 0 speaks for all
-        ds = run.landscape()
-        print(c.summary_line(ds, out, t.seconds, computed=run.computed > 0) + c.uncertainty_text(ds))
+        print(c.summary_line(ds, out, t.seconds, computed=run.computed > 0 or args.curvature) + c.uncertainty_text(ds))
     return 0
