@@ -9,7 +9,7 @@ TORCH_LOCAL  ?= 2.13.0
 TORCH_REQ    := $(if $(wildcard $(TORCH_WHEELS)/torch-$(TORCH_LOCAL)*.whl),torch==$(TORCH_LOCAL),)
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test docs bench bench-trajectory clean
+.PHONY: install demo test docs bench bench-trajectory bench-precision clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: $(STAMP)
 
 bench-trajectory: $(STAMP)
 	$(PY) bench/trajectory.py $(BENCH_ARGS)
+
+# evaluation to a stated precision against the full evaluation (seed CNN, 10,000 MNIST test images, 21×21)
+bench-precision: $(STAMP)
+	$(PY) bench/precision.py $(BENCH_ARGS)
 
 clean:
 	rm -rf lossmap-demo .pytest_cache site build/docs

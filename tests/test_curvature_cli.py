@@ -163,6 +163,10 @@ def test_no_parameters_and_nondeterminism_are_one_line(tmp_path, cli_files, caps
     code, _, err = cli(["surface", *cli_files, "--directions-from", "hessian", "--directions", "d.safetensors",
                         "--out", tmp_path / "s.nc"], capsys)
     assert code == 2 and "use one of them" in err
+    for flag in (["--curvature"], ["--directions-from", "hessian"]):
+        code, _, err = cli(["surface", *cli_files, *flag, "--seeds", "2", "--out", tmp_path / "s.nc"], capsys)
+        assert code == 2 and "--seeds" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s.nc").exists()
     code, _, err = cli(["surface", *cli_files, "--curvature", "--bn", "recompute", "--out", tmp_path / "s.nc"], capsys)
     assert code == 2 and "frozen batch-norm" in err
     code, _, err = cli(["surface", *cli_files, "--directions-from", "hessian:top", "--y", "-1:1:3",

@@ -49,7 +49,8 @@ SCRIPT = textwrap.dedent(
         sys.stderr.write(f"rank{rank} FAILED: {exc}\\n")  # a line in one write: print writes its end apart, so ranks' lines could mix
         sys.exit(1)
     probes = len(sys.argv[1:])  # each run first sends one batch through the metrics (the probe)
-    sys.stdout.write(f"rank{rank} evaluated {(calls[0] - probes) // 4} points\\n")
+    centres = 4 * len(sys.argv[1:])  # and, on a rank with points to do, one pass at θ0 (the paired errors' reference)
+    sys.stdout.write(f"rank{rank} evaluated {(calls[0] - probes - centres) // 4} points\\n")
     sys.stdout.flush()
     """
 )
@@ -142,7 +143,8 @@ def test_a_dead_rank_fails_the_run_and_finished_points_stay(work):
     root, script, ref = work
     out = root / "dies.nc"
     spec = JOBS["plane"]
-    rank0, rank1 = _launch_bare(script, [f"{out},{spec}"], 2, DIE_AFTER=str(1 + 4 * 8))  # rank 1 dies in its 9th point (after the probe)
+    # rank 1 dies in its 9th point (after the probe and the pass at θ0)
+    rank0, rank1 = _launch_bare(script, [f"{out},{spec}"], 2, DIE_AFTER=str(1 + 4 + 4 * 8))
     assert rank1.returncode != 0 and rank0.returncode != 0
     said = [line for line in rank0.stderr.splitlines() if line.startswith("rank0 FAILED: ")]
     assert said, rank0.stderr[-3000:]

@@ -56,6 +56,8 @@ GRID2 = dict(x="-1:1:7", y="-0.5:0.5:4")  # 28 points, non-square
 #: before any point, the first batch goes once through the model, the loss and the metrics (the probe that turns
 #: a mistake in them into one clear line)
 PROBE = 1
+#: a run with points to evaluate first makes one pass at θ0 (3 batches of 16): the paired errors' reference
+CENTRE = 3
 
 
 def _run(model=None, data=None, metric=None, **kw):
@@ -75,7 +77,7 @@ def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path, engine)
     ref = _run(engine=engine)
     out = tmp_path / "run.nc"
     # 3 batches per point; the metric trips in the middle of point 11 (chunk 4 of 3-point chunks)
-    trip = Tripwire(at=PROBE + 3 * 10 + 2)
+    trip = Tripwire(at=PROBE + CENTRE + 3 * 10 + 2)
     with pytest.raises(Interrupted, match=r"interrupted; 9 of 28 points saved in .*run.nc; rerun the same command to resume"):
         _run(metric=trip, out=out, engine=engine)
     part = store.load(out)
@@ -95,7 +97,7 @@ def test_interrupt_saves_finished_points_and_resume_is_bitwise(tmp_path, engine)
 
     again = Tripwire()
     ds = _run(metric=again, out=out, engine=engine)
-    assert again.calls == PROBE + 3 * (28 - 9)  # only the missing points were evaluated
+    assert again.calls == PROBE + CENTRE + 3 * (28 - 9)  # only the missing points were evaluated
     _assert_same(ds, ref)
     final = store.load(out)
     _assert_same(final, ref)
@@ -111,7 +113,7 @@ def test_resume_of_an_interpolation(tmp_path):
     ref = _run(a, data, **kw)
     out = tmp_path / "line.nc"
     with pytest.raises(Interrupted, match=r"; 4 of 11 points saved"):
-        _run(a, data, metric=Tripwire(at=PROBE + 3 * 5 + 1), out=out, **kw)
+        _run(a, data, metric=Tripwire(at=PROBE + CENTRE + 3 * 5 + 1), out=out, **kw)
     ds = _run(a, data, out=out, **kw)
     _assert_same(ds, ref)
     assert store.meta(store.load(out))["markers"] == {"A": [0.0], "B": [1.0]}
@@ -132,7 +134,7 @@ def test_cleared_done_bits_are_recomputed_and_done_points_are_kept(tmp_path):
     count = Tripwire()
     res = _run(metric=count, out=out)
     # each cleared point lies in its own 3-point chunk, which is evaluated whole
-    assert count.calls == PROBE + 3 * 3 * 3
+    assert count.calls == PROBE + CENTRE + 3 * 3 * 3
     assert res.loss.values[5, 0] == 123.0
     expect = ref.loss.values.copy()
     expect[5, 0] = 123.0
@@ -235,7 +237,7 @@ def test_another_loss_function_is_refused_and_the_same_one_resumes(tmp_path, fir
     out = tmp_path / "run.nc"
     ref = _run(loss_fn=first)
     with pytest.raises(Interrupted, match="; 9 of 28 points saved"):
-        _run(loss_fn=first, metric=Tripwire(at=PROBE + 3 * 10 + 2), out=out)
+        _run(loss_fn=first, metric=Tripwire(at=PROBE + CENTRE + 3 * 10 + 2), out=out)
     before = out.read_bytes()
     with pytest.raises(LossmapError) as info:
         _run(loss_fn=other, out=out)
@@ -246,7 +248,7 @@ def test_another_loss_function_is_refused_and_the_same_one_resumes(tmp_path, fir
     assert "\n" not in message and out.read_bytes() == before
     count = Tripwire()
     ds = _run(loss_fn=same, metric=count, out=out)  # an equal but separately made function resumes
-    assert count.calls == PROBE + 3 * (28 - 9)
+    assert count.calls == PROBE + CENTRE + 3 * (28 - 9)
     _assert_same(ds, ref, ("loss", "mean_out"))
 
 
@@ -367,7 +369,7 @@ def test_an_error_in_the_middle_keeps_finished_points(tmp_path):
 
     def broken(out_, target, calls=[0]):  # noqa: B006 - a counter
         calls[0] += 1
-        if calls[0] > PROBE + 3 * 7:
+        if calls[0] > PROBE + CENTRE + 3 * 7:
             raise LossmapError("metric broke")
         return out_.mean()
 
@@ -565,15 +567,15 @@ def test_cli_ctrl_c_says_how_many_points_were_saved_and_rerun_resumes(cli_env, c
 
     def tripping(*args, **kwargs):
         ev = real(*args, **kwargs)
-        inner, calls = ev.evaluate_many, [0]
+        inner, calls = ev.evaluate_stats, [0]  # what a run calls per chunk: the metrics and their errors
 
-        def evaluate_many(coeffs):
+        def evaluate_stats(coeffs):
             calls[0] += 1
             if calls[0] == 2:
                 raise KeyboardInterrupt
             return inner(coeffs)
 
-        ev.evaluate_many = evaluate_many
+        ev.evaluate_stats = evaluate_stats
         return ev
 
     monkeypatch.setattr(objective, "make_engine", tripping)
@@ -609,7 +611,7 @@ def test_points_whose_value_is_nan_or_inf_count_as_done(tmp_path):
         return torch.tensor(float("nan") if calls[0] % 2 else float("inf"))
 
     kw = dict(x="-1:1:6", chunk=2, batch_size=48, out=out)
-    calls[0] = -PROBE  # the probe's call is number 0: the points' calls are 1…6
+    calls[0] = -PROBE - 1  # the probe's and the pass at θ0's calls are numbers -1 and 0: the points' calls are 1…6
     first = lossmap.compute(_model(), _data(), metrics={"wild": wild}, **kw)
     assert calls[0] == 6 and np.isnan(first.wild.values[::2]).all() and np.isinf(first.wild.values[1::2]).all()
     again = lossmap.compute(_model(), _data(), metrics={"wild": wild}, **kw)
@@ -621,7 +623,7 @@ def test_points_whose_value_is_nan_or_inf_count_as_done(tmp_path):
 def test_a_resumed_run_keeps_the_files_chunking(tmp_path, monkeypatch):
     out = tmp_path / "run.nc"
     with pytest.raises(Interrupted, match="; 8 of 28 points saved"):
-        _run(metric=Tripwire(at=PROBE + 3 * 9 + 1), out=out, chunk=4)
+        _run(metric=Tripwire(at=PROBE + CENTRE + 3 * 9 + 1), out=out, chunk=4)
     assert store.load(out).attrs["chunk"] == 4
     seen = []
     import lossmap.objective as objective
@@ -630,8 +632,8 @@ def test_a_resumed_run_keeps_the_files_chunking(tmp_path, monkeypatch):
 
     def spy(*args, **kwargs):
         ev = real(*args, **kwargs)
-        inner = ev.evaluate_many
-        ev.evaluate_many = lambda coeffs: (seen.append(len(coeffs)), inner(coeffs))[1]
+        inner = ev.evaluate_stats  # what a run calls per chunk: the metrics and their errors
+        ev.evaluate_stats = lambda coeffs: (seen.append(len(coeffs)), inner(coeffs))[1]
         return ev
 
     monkeypatch.setattr(objective, "make_engine", spy)

@@ -155,6 +155,9 @@ def export_mesh(
         raise LossmapError(f"mesh format {format!r} is not supported: choose one of {', '.join(FORMATS)}")
     if "y" not in ds.dims:
         raise LossmapError("a mesh needs a 2-D landscape but this one is 1-D: use 'lossmap plot' for curves")
+    if "seed" in ds.dims:
+        raise LossmapError("a mesh is one surface but this file is a direction ensemble (a 'seed' dimension): export one "
+                           "seed's slice (ds.isel(seed=k) in Python) or compute it alone with lossmap surface --seed k")
     store.require_metric(ds, metric)
     if ds.sizes["x"] < 2 or ds.sizes["y"] < 2:
         raise LossmapError(

@@ -21,9 +21,13 @@ from .grid import Grid
 from .objective import Objective
 from .output import save_directions
 from .precision import centre_errors, tf32_allowed
-from .run import Interrupted, Origin, Run, RunOptions, Terminated
+from .engine.running import Precision
+from .run import Interrupted, Origin, Run, RunOptions, Terminated, directions_hash
 from .settings import SETTINGS_FIELDS
 from .space import borrow, check_finite, select_tensors, tensor_hash
+from .uncertainty.order import shuffled
+from .uncertainty.pointwise import population_size
+from .uncertainty.seeds import Ensemble, parse_seeds
 
 __all__ = ["compute", "compute_run", "save", "Interrupted", "Terminated", "SETTINGS_FIELDS"]
 
@@ -96,10 +100,21 @@ def compute(model: nn.Module, data: Any, x: str | Sequence[float] = "-1:1:51", y
         progress (bool): show a progress bar on stderr.
         data_description (str | None): how the file names the data (default: its type and size).
         extra_attrs (Mapping[str, Any] | None): more attributes for the file.
+        seeds (str | int | Sequence[int] | None): a direction ensemble, e.g. ``"0:8"``, ``8`` or ``[1, 5, 9]``: the
+            same grid over these direction seeds in one file with a ``seed`` dimension
+            (:mod:`lossmap.uncertainty.seeds`); replaces ``seed``.
+        precision (float | None): evaluation to a stated precision: each point reads batches (in one shared random
+            order) until ``precision_z`` standard errors w.r.t. the evaluation set are at most this fraction of its
+            loss; ``samples_used`` records what each point read.
+        precision_abs (float | None): the same with an absolute tolerance on the loss.
+        precision_z (float): the normal quantile of the stated precision (default 1.96: 95 %).
+        precision_min_batches (int): batches a point reads before it may stop (default 2).
 
     Returns:
-        xr.Dataset: the landscape — dims ``x`` (and ``y``), one variable per metric, attributes that say how to
-            reproduce it (see :mod:`lossmap.store`).
+        xr.Dataset: the landscape — dims ``x`` (and ``y``; with ``seeds`` also ``seed``), one variable per metric,
+            per-point standard errors as coordinates (``loss_se``, ``loss_se_set`` when fewer samples than the data
+            set's were read, ``loss_paired_se`` of the change from the centre; :mod:`lossmap.uncertainty.pointwise`),
+            attributes that say how to reproduce it (see :mod:`lossmap.store`).
 
     Raises:
         LossmapError: a bad option, a model, data or loss that do not fit together, or an ``out`` made with
@@ -132,24 +147,32 @@ def compute_run(
     allow_nondeterministic: bool = False, data_description: str | None = None, progress: bool = False,
     out: str | Path | None = None, overwrite: bool = False, chunk: int | None = None, engine: str = "auto",
     tf32: bool = False, bf16: bool = False, flush_every: int | None = None, flush_seconds: float = 10.0,
-    extra_attrs: Mapping[str, Any] | None = None,
-) -> Run:
+    extra_attrs: Mapping[str, Any] | None = None, seeds: str | int | Sequence[int] | None = None,
+    precision: float | None = None, precision_abs: float | None = None, precision_z: float = 1.96,
+    precision_min_batches: int = 2,
+) -> Run | Ensemble:
     """:func:`compute`, returning the finished :class:`~lossmap.run.Run` (``run.landscape()`` is the result;
-    ``run.computed`` the points this call evaluated). The arguments are :func:`compute`'s."""
+    ``run.computed`` the points this call evaluated), or with ``seeds`` the
+    :class:`~lossmap.uncertainty.seeds.Ensemble` (the same two members). The arguments are :func:`compute`'s."""
     grid = Grid.from_specs(x, y)
     dtype = _dtype(dtype)
+    rule = precision_rule(precision, precision_abs, precision_z, precision_min_batches, batch_size)
+    seed_list = None if seeds is None else parse_seeds(seeds)
+    if seed_list is not None and directions is not None:
+        raise LossmapError("seeds draw one set of random directions per seed: drop directions (--directions) or seeds (--seeds)")
     options = RunOptions(
         out=None if out is None else _checked_out(out), overwrite=overwrite, progress=progress, chunk=chunk,
         flush_every=_flush_every(grid, flush_every), flush_seconds=_flush_seconds(flush_seconds), tf32=False,
         bf16=bool(bf16), loss_fn=loss_fn, metrics=metrics, forward=forward, output_transform=output_transform,
-        extra_attrs=dict(extra_attrs or {}),
+        extra_attrs=dict(extra_attrs or {}), precision=rule,
     )
     if chunk is not None and int(chunk) < 1:
         raise LossmapError(f"chunk {chunk!r} must be at least 1 point")
     coord, device = distributed.coordinator(device)
-    origin = resolve_origin(model, grid, directions, seed=seed, normalization=normalization, bias=bias,
-                            orthogonalize=orthogonalize, include_buffers=include_buffers, tensor_filter=tensor_filter)
-    directions = origin.directions
+    origins = [resolve_origin(model, grid, directions, seed=s, normalization=normalization, bias=bias,
+                              orthogonalize=orthogonalize, include_buffers=include_buffers, tensor_filter=tensor_filter)
+               for s in (seed_list or [seed])]
+    directions = origins[0].directions
     guard = ExitStack()  # the output file's lock, held until the last write
     try:
         with borrow(model, device, dtype) as lease, _sigterm_raises(out is not None), tf32_allowed(device, tf32):
@@ -163,12 +186,19 @@ def compute_run(
             )
             if bf16 and objective.theta0[objective.names[0]].dtype != torch.float32:
                 raise LossmapError("bf16 autocast needs float32 parameters: drop the dtype or use float32")
-            ev = objective.engine(directions.tensors[: grid.ndim], engine=engine, autocast=torch.bfloat16 if bf16 else None)
+            if rule is not None:  # points that stop early read a prefix: it must be a random draw
+                objective.source, options.shuffled = shuffled(objective.source, seed=0)
+            options.population = population_size(data, samples, objective.source.total, batch_size)
             options.tf32 = bool(tf32) and objective.device.type == "cuda"
             options.description = data_description or f"{type(data).__name__} ({objective.source.total} samples)"
             options.bn_description = bn_description or (
                 "the evaluation data" if bn_data is None else f"{type(bn_data).__name__} ({objective.bn_source.total} samples)")
-            run = Run(grid, origin, objective, ev, coord, options, centre_errors(ev, grid.ndim, options.tf32))
+            make_run = _run_maker(grid, origins, objective, coord, options, engine, torch.bfloat16 if bf16 else None)
+            if seed_list is not None:
+                ens = _ensemble(seed_list, grid, origins, make_run, coord, options, guard)
+                ens.values, ens.mask = coord.broadcast((ens.values, ens.mask) if coord.primary else None)
+                return ens
+            run = make_run(0)
             run.start(guard)
             done_before = int(run.mask.sum())
             if run.complete and run.resumed:
@@ -179,6 +209,61 @@ def compute_run(
         return run
     finally:
         guard.close()
+
+
+def _run_maker(grid: Grid, origins: list[Origin], objective: Objective, coord: Any, options: RunOptions, engine: str,
+               autocast: torch.dtype | None) -> Callable[[int], Run]:
+    """``make_run(k)``: the run of ``origins[k]`` with its own engine; θ0's per-example values and the error of a
+    reduced precision at the centre are measured once and shared (they do not depend on the directions)."""
+    shared: dict[str, Any] = {}
+
+    def make_run(k: int) -> Run:
+        ev = objective.engine(origins[k].directions.tensors[: grid.ndim], engine=engine, autocast=autocast)
+        first = shared.get("first")
+        if first is None:  # its reference pass comes with its first points
+            shared["first"], shared["errors"] = ev, centre_errors(ev, grid.ndim, options.tf32)
+        else:
+            if not isinstance(first, tuple):  # keep the values, let the first engine go
+                first.ensure_reference()
+                shared["first"] = first = (first.reference, first.pilot_sd, list(first.per_example))
+            ev.reference, ev.pilot_sd, ev.per_example = first[0], first[1], list(first[2])
+        ev.precision = options.precision  # after the centre's reduced-precision check, which reads all the data
+        return Run(grid, origins[k], objective, ev, coord, options, shared["errors"])
+
+    return make_run
+
+
+def _ensemble(seeds: list[int], grid: Grid, origins: list[Origin], make_run: Callable[[int], Run], coord: Any,
+              options: RunOptions, guard: ExitStack) -> Ensemble:
+    """Evaluate the seeds' runs into one file (:mod:`lossmap.uncertainty.seeds`)."""
+    first = make_run(0)
+    settings = {**first.settings, "seed": list(seeds),
+                "directions_sha256": [directions_hash(o.directions, grid.ndim) for o in origins]}
+    held = [first]
+    ens = Ensemble(seeds, settings, grid.size, first.values.shape[1],
+                   lambda k: held.pop() if k == 0 and held else make_run(k), coord, options, first.chunk)
+    ens.start(guard, first.names)
+    done = int(ens.mask.sum())
+    if ens.resumed:
+        first.say(f"{options.out} is complete ({ens.mask.size} points): nothing to compute" if ens.complete else
+                  f"resuming {options.out}: {done} of {ens.mask.size} points ({len(seeds)} seeds) are done, "
+                  f"{ens.mask.size - done} to go")
+    ens.evaluate()
+    return ens
+
+
+def precision_rule(precision: float | None, precision_abs: float | None, z: float, min_batches: int,
+                   batch_size: int) -> Precision | None:
+    """The stopping rule of evaluation to a stated precision (None: every point reads all the data)."""
+    if precision is not None and precision_abs is not None:
+        raise LossmapError("give a relative precision (--precision) or an absolute one (--precision-abs), not both")
+    if precision is None and precision_abs is None:
+        return None
+    if isinstance(min_batches, bool) or not isinstance(min_batches, int) or min_batches < 1:
+        raise LossmapError(f"precision_min_batches={min_batches!r} must be a whole number >= 1")
+    tol = precision if precision is not None else precision_abs
+    return Precision(float(tol) if isinstance(tol, (int, float)) else tol, relative=precision is not None, z=float(z),
+                     min_samples=max(2, int(min_batches) * int(batch_size)))
 
 
 def save(ds: xr.Dataset, directions: Directions | None, path: str | Path) -> Path:

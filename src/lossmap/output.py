@@ -21,6 +21,7 @@ from . import store
 from .directions import Directions
 from .errors import LossmapError
 from .settings import differences
+from .uncertainty import pointwise
 
 __all__ = ["Sink", "existing", "save_directions"]
 
@@ -38,7 +39,8 @@ def save_directions(directions: Directions, path: Path) -> Path:
 def existing(out: Path | None, overwrite: bool, settings: dict[str, Any], names: list[str]
              ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
     """``(values, done mask, attributes)`` of a resumable ``out``; None when the run starts afresh (no file,
-    ``overwrite``, or a file without a single finished point)."""
+    ``overwrite``, or a file without a single finished point). ``values`` has the columns of
+    :func:`lossmap.uncertainty.pointwise.column_names`."""
     if out is None or overwrite or not out.exists():
         return None
     try:
@@ -61,15 +63,16 @@ def existing(out: Path | None, overwrite: bool, settings: dict[str, Any], names:
             "settings to resume it, or pass --overwrite (overwrite=True) to start over"
         )
     mask = store.done_mask(ds).reshape(-1)
-    values = np.stack([np.asarray(ds[name].values, dtype=np.float64).reshape(-1) for name in names], axis=1)
+    values = pointwise.read_columns(ds, names)  # the metrics, their errors (NaN in files without them), samples read
     return values, mask.copy(), store.meta(ds)
 
 
 class Sink:
     """Writes a run's landscape to its file when due. ``dataset()`` makes the landscape as far as it is done
-    (the run's attributes asked afresh at every write: seconds, the engine that ran)."""
+    (the run's attributes asked afresh at every write: seconds, the engine that ran); ``directions`` are
+    written beside it once (None: not saved, as for a direction ensemble)."""
 
-    def __init__(self, path: Path, mask: np.ndarray, dataset: Callable[[], xr.Dataset], directions: Directions,
+    def __init__(self, path: Path, mask: np.ndarray, dataset: Callable[[], xr.Dataset], directions: Directions | None,
                  flush_every: int, flush_seconds: float) -> None:
         self.path, self.mask, self.dataset = path, mask, dataset
         self.directions = directions
@@ -91,7 +94,7 @@ class Sink:
         return pending > 0 and (pending >= self.flush_every or time.monotonic() - self.last >= self.flush_seconds)
 
     def flush(self) -> None:
-        if not self._directions_written:
+        if not self._directions_written and self.directions is not None:
             save_directions(self.directions, self.path)
             self._directions_written = True
         done = int(self.mask.sum())

@@ -27,6 +27,7 @@ from . import __version__, stats, store
 from .directions import Directions
 from .distributed import Coordinator, PeerFailure
 from .engine import Engine
+from .engine.running import Precision, n_columns
 from .errors import LossmapError
 from .fingerprint import callable_identity
 from .grid import Grid
@@ -34,10 +35,16 @@ from .objective import Objective
 from .output import Sink, existing
 from .settings import LOSS_CONVENTION, SETTINGS_FIELDS, differences
 from .space import tensor_hash
+from .uncertainty import pointwise
 
-__all__ = ["Run", "RunOptions", "Origin", "Interrupted", "Terminated", "versions"]
+__all__ = ["Run", "RunOptions", "Origin", "Interrupted", "Terminated", "versions", "directions_hash"]
 
 log = logging.getLogger("lossmap")
+
+
+def directions_hash(directions: Directions, ndim: int) -> str:
+    """The hash of the first ``ndim`` direction tensors, as a run's settings record it."""
+    return tensor_hash({f"d{i}.{n}": t for i, dd in enumerate(directions.tensors[:ndim]) for n, t in dd.items()})
 
 
 class Interrupted(KeyboardInterrupt):
@@ -105,6 +112,9 @@ class RunOptions:
     forward: Any = None
     output_transform: Any = None
     extra_attrs: dict[str, Any] = field(default_factory=dict)
+    precision: Precision | None = None
+    shuffled: bool = False  # the samples were put in a random order (evaluation to a stated precision)
+    population: int | None = None  # the data set's size N (None: unknown)
 
 
 class Run:
@@ -115,8 +125,10 @@ class Run:
         self.grid, self.origin, self.objective, self.engine = grid, origin, objective, engine
         self.coord, self.options, self.errors = coordinator, options, errors
         self.names = engine.metric_names
-        self.values = np.full((grid.size, len(self.names)), np.nan)
+        # per point: the metrics, their standard errors, paired errors and the samples read (pointwise.column_names)
+        self.values = np.full((grid.size, n_columns(len(self.names))), np.nan)
         self.mask = np.zeros(grid.size, dtype=bool)
+        self.total_points = grid.size  # what a stopped run counts its saved points against
         self.chunk = int(options.chunk) if options.chunk is not None else engine.preferred_chunk
         self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.seconds_before = 0.0  # of the runs this one resumes
@@ -145,13 +157,22 @@ class Run:
             "dtype": str(ref.dtype).replace("torch.", ""), "device": str(ref.device), "tf32": o.tf32, "bf16": o.bf16,
             **self.errors, "engine": self.engine.describe(), "ranks": self.coord.world, "chunk": self.chunk,
             "seconds": round(self.seconds_before + time.monotonic() - self.began, 3), "created": self.created,
-            **o.extra_attrs, "settings": self.settings,
+            "population": o.population if o.population is not None else "",
+            **self._precision_attrs(), **o.extra_attrs, "settings": self.settings,
         }
         if obj.source.nondeterministic:
             attrs["data_nondeterministic"] = True
         if self.grid.ndim == 1 and d.markers:
             attrs["markers"] = {k: v[:1] for k, v in d.markers.items() if len(v) == 1 or v[1] == 0.0}
         return attrs
+
+    def _precision_attrs(self) -> dict[str, Any]:
+        rule = self.options.precision
+        if rule is None:
+            return {}
+        order = "a random order (seed 0)" if self.options.shuffled else "the data's own order"
+        return {"precision_tol": rule.tol, "precision_relative": rule.relative, "precision_z": rule.z,
+                "precision_min_samples": rule.min_samples, "precision_order": order}
 
     def _settings(self) -> dict[str, Any]:
         """The run's :data:`~lossmap.settings.SETTINGS_FIELDS`, in the form they have after a round trip through the file."""
@@ -162,7 +183,7 @@ class Run:
             **{k: meta[k] for k in ("directions_kind", "seed", "normalization", "bias_policy", "orthogonalized",
                                    "include_buffers", "tensor_filter")},
             "theta0_sha256": self.origin.sha256,
-            "directions_sha256": tensor_hash({f"d{i}.{n}": t for i, dd in enumerate(d.tensors[: self.grid.ndim]) for n, t in dd.items()}),
+            "directions_sha256": directions_hash(d, self.grid.ndim),
             "x": [float(v) for v in self.grid.x], "y": None if self.grid.y is None else [float(v) for v in self.grid.y],
             "data": o.description, "data_sha256": obj.source.fingerprint(), "samples": int(obj.source.total),
             "metrics": self.names, "loss_convention": LOSS_CONVENTION,
@@ -174,6 +195,7 @@ class Run:
             "bn_policy": obj.bn,
             "bn_data_sha256": obj.bn_source.fingerprint() if obj.bn == "recompute" and obj.bn_source is not None else "",
             "dtype": str(obj.theta0[obj.names[0]].dtype).replace("torch.", ""), "tf32": o.tf32, "bf16": o.bf16,
+            "precision": None if o.precision is None else {**o.precision.settings(), "shuffled": o.shuffled},
         }
         assert set(settings) == set(SETTINGS_FIELDS)
         return json.loads(json.dumps(settings))
@@ -264,8 +286,8 @@ class Run:
 
     def _round(self, mine: int, coeffs: np.ndarray, chunks: list[np.ndarray], bar: Any) -> None:
         """One round: this rank evaluates its chunk ``mine`` (none when -1); rank 0 merges every rank's chunk."""
-        m = len(self.names)
-        mine_values = self.engine.evaluate_many(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, m))
+        m = self.values.shape[1]
+        mine_values = self.engine.evaluate_stats(coeffs[chunks[mine]]) if mine >= 0 else np.empty((0, m))
         if self.coord.primary and mine >= 0:  # kept even if the exchange below fails
             self._merge(mine, mine_values, chunks, bar)
         for cid, vals in self.coord.gather(mine, mine_values, self.chunk):
@@ -283,7 +305,7 @@ class Run:
 
     def _stop_error(self, exc: BaseException, saved: int | None) -> BaseException | None:
         """What a run stopped by ``exc`` raises instead, saying what was saved and how to go on; None: ``exc`` itself."""
-        out, total = self.options.out, self.grid.size
+        out, total = self.options.out, self.total_points
         if out is None:
             kept = "nothing was saved (no output file)"
         elif not self.coord.primary:
@@ -304,6 +326,14 @@ class Run:
         return None
 
     # -- the result ------------------------------------------------------------------------------
+    def error_coords(self, values: np.ndarray, shape: tuple[int, ...], dims: tuple[str, ...]) -> dict[str, Any]:
+        """The per-point error variables of ``values`` (rows as :func:`pointwise.column_names`), see
+        :mod:`lossmap.uncertainty.pointwise`."""
+        o = self.options
+        return pointwise.error_coords(values, self.names, shape, dims, per_example=self.engine.per_example,
+                                      population=o.population, evaluated=int(self.objective.source.total),
+                                      precision=o.precision is not None)
+
     def landscape(self) -> xr.Dataset:
         """The landscape as far as it is done; a complete one carries its summary numbers (``summary_*``)."""
         grid, attrs = self.grid, self.attrs()
@@ -311,6 +341,7 @@ class Run:
         coords = {"x": grid.x} if grid.ndim == 1 else {"x": grid.x, "y": grid.y}
         data_vars = {name: (dims, self.values[:, k].reshape(grid.shape).copy()) for k, name in enumerate(self.names)}
         ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+        ds = ds.assign_coords(self.error_coords(self.values, grid.shape, dims))
         ds["x"].attrs["long_name"] = attrs["x_label"]
         if grid.ndim == 2:
             ds["y"].attrs["long_name"] = attrs["y_label"]

@@ -40,6 +40,7 @@ SETTINGS_FIELDS = {
     "dtype": "dtype",
     "tf32": "TF32 on the GPU",
     "bf16": "bfloat16 autocast",
+    "precision": "evaluation to a stated precision (null: every point reads all the data)",
 }
 
 #: the loss convention of this version: 1 was lossmap 0.1's (loss_fn(outputs, batch); a summed MSE default)
@@ -47,7 +48,7 @@ LOSS_CONVENTION = 2
 
 # settings added after the first files were written, with the value a file that lacks them was made with
 _LATER_SETTINGS = {"bf16": False, "loss_function": None, "metric_functions": None, "forward_function": None,
-                   "loss_convention": 1, "output_transform": None}
+                   "loss_convention": 1, "output_transform": None, "precision": None}
 _UNRECORDED = object()
 #: how a function setting's null reads: the built-in each falls back to
 _CALLABLE_FIELDS = {"loss_function": "default", "metric_functions": "none", "forward_function": "the model's",

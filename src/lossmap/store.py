@@ -5,6 +5,10 @@ Layout of a landscape (an :class:`xarray.Dataset`):
 * dims ``x`` (and ``y``); coordinates ``x``/``y`` in coefficient units (float64);
 * one float64 data variable per metric (``loss``, ``accuracy``, …) with dims ``("x",)`` or ``("x", "y")``;
   a point that was not evaluated is NaN;
+* per-point standard errors (``loss_se``, ``loss_se_set``, ``loss_paired_se``, …, ``samples_used``) as
+  coordinates with the metrics' dims, so that ``ds.data_vars`` holds only metrics (see
+  :mod:`lossmap.uncertainty.pointwise`; files without them are as valid); a direction ensemble has a leading
+  ``seed`` dim (:mod:`lossmap.uncertainty.seeds`);
 * attributes (flat: str, int or float). Structured values are JSON strings whose names are listed in
   :data:`JSON_ATTRS`; :func:`meta` decodes them. Required: ``lossmap_format``, ``lossmap_format_version``,
   ``ndim``, ``metrics``.

@@ -277,3 +277,47 @@ def levels_option(levels: int | None, default: int) -> int:
     if levels < 2:
         raise LossmapError(f"--levels {levels} must be at least 2")
     return levels
+
+
+def add_precision_args(p: argparse.ArgumentParser) -> None:
+    """Evaluation to a stated precision (lossmap.uncertainty)."""
+    p.add_argument("--precision", type=float, metavar="REL",
+                   help="evaluate each point only until 1.96 standard errors (w.r.t. the evaluation set) are at most REL "
+                        "times its loss, e.g. 0.01; the samples each point read are stored (samples_used)")
+    p.add_argument("--precision-abs", type=float, metavar="TOL",
+                   help="the same with an absolute tolerance TOL on the loss")
+    p.add_argument("--precision-min-batches", type=int, default=2, metavar="N",
+                   help="with --precision(-abs): read at least N batches of --batch-size before a point may stop (default 2)")
+
+
+def add_seeds_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", metavar="SEEDS",
+                   help="a direction ensemble: the same grid over several direction seeds in one file (a 'seed' "
+                        "dimension), e.g. 0:8 (seeds 0 to 7), 8 (the same) or 1,5,9; replaces --seed")
+
+
+def uncertainty_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``compute()`` keywords of --precision, --precision-abs, --precision-min-batches and --seeds."""
+    options: dict[str, Any] = {}
+    for name in ("precision", "precision_abs"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if not value > 0:
+                raise LossmapError(f"--{name.replace('_', '-')} {value} must be a positive number, e.g. 0.01")
+            options[name] = value
+    if options:
+        check_positive(args.precision_min_batches, "--precision-min-batches")
+        options["precision_min_batches"] = args.precision_min_batches
+    if getattr(args, "seeds", None) is not None:
+        from ..uncertainty.seeds import parse_seeds
+
+        parse_seeds(args.seeds)  # a malformed list fails before anything is loaded
+        options["seeds"] = args.seeds
+    return options
+
+
+def uncertainty_text(ds) -> str:
+    """The lines on errors, precision and direction seeds that follow the summary line."""
+    from ..uncertainty.summary import ensemble_text, error_text, precision_text
+
+    return error_text(ds) + precision_text(ds) + ensemble_text(ds)

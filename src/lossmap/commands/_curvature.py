@@ -48,6 +48,9 @@ def check_surface_args(args: argparse.Namespace) -> None:
             raise LossmapError(f"a 2-D plane (--y) needs two eigenvectors, {args.directions_from!r} gives one: add a second")
     if (args.curvature or args.directions_from) and not args.hessian_tol >= 0:
         raise LossmapError(f"--hessian-tol {args.hessian_tol} must be 0 or more")
+    if getattr(args, "seeds", None) is not None and (args.curvature or args.directions_from):
+        flag = "--curvature" if args.curvature else "--directions-from"
+        raise LossmapError(f"{flag} works on one plane and --seeds asks for one per seed: drop one of them")
     if args.curvature and args.bn == "recompute":
         raise LossmapError("--curvature takes the Hessian with frozen batch-norm statistics: drop --bn recompute")
 

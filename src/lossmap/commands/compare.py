@@ -1,7 +1,10 @@
 """``lossmap compare A.nc B.nc [...] --out cmp.png``: landscapes side by side on one colour scale.
 
 The files must share their grid and metrics (the same kind of slice, evaluated on the same grid); otherwise
-the command refuses with one line saying which file and which axis differ.
+the command refuses with one line saying which file and which axis differ. Direction ensembles (files made
+with ``--seeds``) are compared by their flatness numbers over seeds: the figure shows their distributions and
+the command prints whether the first two files' numbers differ beyond the spread across seeds, naming the
+test (Welch's t-test, or the paired t-test when seed k drew the same raw directions for both models).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     levels = levels_option(args.levels, DEFAULT_LEVELS)
     titles = titles_for(args.files, args.titles)
     datasets = load_all(args.files)
+    if any("seed" in d.dims for d in datasets):
+        return _ensembles(args, datasets, titles, out, levels)
     stats.require_comparable(datasets, titles, args.metric)
     for note in stats.caveats(datasets, titles):
         print(f"lossmap: note: {note}", file=sys.stderr)
@@ -80,6 +85,34 @@ def run(args: argparse.Namespace) -> int:
                                     levels=levels, rise=args.rise))
     summaries = [stats.summarize(ds, metric=args.metric, rise=args.rise) for ds in datasets]
     print(stats.table(summaries, titles))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _ensembles(args: argparse.Namespace, datasets, titles: list[str], out: Path, levels: int) -> int:
+    """Direction ensembles: their flatness numbers over seeds side by side, and whether they differ beyond the
+    spread across seeds (printed with the test used)."""
+    from .. import stats
+    from ..plot.static import save_figure
+    from ..plot.uncertainty import plot_summaries
+    from ..uncertainty.summary import comparison_text, ensemble_text
+
+    if not all("seed" in d.dims for d in datasets):
+        raise LossmapError("compare mixes direction ensembles (files made with --seeds) and single landscapes: compare "
+                           "ensembles with ensembles")
+    stats.require_same_grid(datasets, titles, args.metric)
+    for note in stats.caveats(datasets, titles):
+        print(f"lossmap: note: {note}", file=sys.stderr)
+    written = save_figure(plot_summaries(datasets, titles, metric=args.metric, rise=args.rise), out)
+    if args.html is not None:
+        from ..plot.uncertainty_report import write_ensemble_report
+
+        written.append(write_ensemble_report(datasets, args.html, titles, metric=args.metric, log=args.log,
+                                             levels=levels, rise=args.rise))
+    for d, t in zip(datasets, titles):
+        print(f"{t}:{ensemble_text(d, metric=args.metric, rise=args.rise)}")
+    print(comparison_text(datasets, titles, metric=args.metric, rise=args.rise).lstrip("\n"))
     for path in written:
         print(f"wrote {path}")
     return 0

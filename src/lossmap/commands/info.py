@@ -57,8 +57,8 @@ def lines(ds, name: str) -> list[str]:
     from ..store import meta
 
     out = [f"file: {name}", "coordinates:"]
-    for axis in ("x", "y"):
-        if axis in ds.coords:
+    for axis in ("seed", "x", "y"):
+        if axis in ds.dims:
             label = ds[axis].attrs.get("long_name", "")
             out.append(f"  {axis}: {show_axis(ds[axis].values)}" + (f"  [{label}]" if label else ""))
     out.append("metrics:")
@@ -66,10 +66,11 @@ def lines(ds, name: str) -> list[str]:
     for var in ds.data_vars:
         v = np.asarray(ds[var].values, dtype=float)
         finite = v[np.isfinite(v)]
-        at = float(ds[var].isel(**centre).values)
+        at = float(ds[var].isel(**centre).median().values)  # a direction ensemble's seeds share the centre
         rng = f"min {finite.min():.6g}, max {finite.max():.6g}" if finite.size else "no finite value"
         missing = v.size - finite.size
         out.append(f"  {var}: {rng}, at centre {at:.6g}" + (f", {missing} non-finite of {v.size}" if missing else ""))
+    out.extend(_error_lines(ds, centre))
     if "trajectory_runs" in ds.attrs:  # the checkpoints of a trajectory file (coordinates, not metrics)
         from ..trajectory.stored import trajectory_lines
 
@@ -91,3 +92,20 @@ def run(args: argparse.Namespace) -> int:
     ds = store.load(args.file)
     print("\n".join(lines(ds, args.file)))
     return 0
+
+
+def _error_lines(ds, centre: dict[str, int]) -> list[str]:
+    """The per-point error variables (lossmap.uncertainty.pointwise), with their value at the centre."""
+    from ..uncertainty.pointwise import error_names
+
+    names = error_names(ds)
+    if not names:
+        return []
+    out = ["per-point errors" + (" (a 'seed' dimension: a direction ensemble)" if "seed" in ds.dims else "") + ":"]
+    for name in names:
+        v = np.asarray(ds[name].values, dtype=float)
+        finite = v[np.isfinite(v)]
+        at = float(ds[name].isel(**centre).median().values)
+        rng = f"min {finite.min():.4g}, max {finite.max():.4g}" if finite.size else "no finite value"
+        out.append(f"  {name}: {rng}, at centre {at:.4g}")
+    return out

@@ -30,6 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="β axis of the plane (with --via; default: covers C with a margin of 0.5, as many points as --x)")
     c.add_loss_args(p)
     c.add_eval_args(p, buffers=False)  # every floating tensor that differs moves, running statistics included
+    c.add_precision_args(p)
     c.add_output_args(p)
     c.allow_negative_values(p)
     p.set_defaults(func=run)
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if outside and is_primary():
         print(f"note: model(s) {', '.join(outside)} lie outside the grid; widen --x/--y to see them", file=sys.stderr)
     with c.Timer() as t:
-        run = compute_run(a, data, x=args.x, y=y, directions=directions, **c.compute_options(args, out, device))
+        run = compute_run(a, data, x=args.x, y=y, directions=directions, **c.compute_options(args, out, device),
+                          **c.uncertainty_options(args))
     if is_primary():  # under torchrun, rank 0 speaks for all
-        print(c.summary_line(run.landscape(), out, t.seconds, computed=run.computed > 0))
+        ds = run.landscape()
+        print(c.summary_line(ds, out, t.seconds, computed=run.computed > 0) + c.uncertainty_text(ds))
     return 0

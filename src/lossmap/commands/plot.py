@@ -9,7 +9,7 @@ from pathlib import Path
 from ._common import levels_option
 
 
-KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "curvature", "all")
+KINDS = ("line", "contour", "contourf", "heatmap", "surface", "trajectory", "curvature", "summary", "all")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,7 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="which figure (default: all that apply: line for 1-D; contour, contourf, heatmap, surface, line for 2-D; "
                         "for a trajectory file also 'trajectory', the path over the map and on the surface side by side, "
                         "and its contour and surface figures carry the path; 'curvature' for a landscape made with "
-                        "surface --curvature)")
+                        "surface --curvature; for a direction ensemble (--seeds): line = median and 10-90%% band, "
+                        "contour/contourf/heatmap = one panel per seed, summary = the flatness numbers over seeds)")
     p.add_argument("--metric", default="loss", help="metric for 2-D figures (default: loss)")
     p.add_argument("--log", action="store_true", help="log scale for the metric")
     p.add_argument("--vmin", type=float, help="lower end of the colour range / contour levels")
@@ -37,6 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="png, pdf or svg; several separated by commas, e.g. png,pdf (default: png)")
     p.add_argument("--out", metavar="PATH",
                    help="output stem, file, or folder (ending in /: the figures go into it); default: beside FILE.nc")
+    p.add_argument("--mask-noise", action="store_true",
+                   help="contour maps: leave out the contours where the change from the centre is within 2 paired "
+                        "standard errors (shaded grey); needs a file with per-point errors")
     p.set_defaults(func=run)
     return p
 
@@ -58,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     ds = store.load(args.file)
     two_d = "y" in ds.dims
     store.require_metric(ds, args.metric, repr(args.file))
-    if args.kind not in ("line", "all", "curvature") and not two_d:
+    ensemble = "seed" in ds.dims
+    if args.kind == "summary" and not ensemble:
+        raise LossmapError(f"--kind summary needs a direction ensemble (lossmap surface --seeds); {args.file!r} has one seed")
+    if args.kind not in ("line", "all", "summary", "curvature") and not two_d:
         raise LossmapError(f"--kind {args.kind} needs a 2-D landscape; {args.file!r} is 1-D: use --kind line")
 
     src = Path(args.file)
@@ -71,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     store.check_output(out)
 
     options = dict(metric=args.metric, log=args.log, levels=levels, vmin=args.vmin, vmax=args.vmax)
-    if args.kind == "all":
+    if ensemble or args.mask_noise:
+        written = _uncertainty_figures(ds, args, out, single_file, formats, options)
+    elif args.kind == "all":
         written = static.plot_all(ds, out, formats, **options)
         written += _curvature_figure(ds, None, formats, stem=out) if has_curvature(ds) else []
     elif args.kind == "curvature":
@@ -82,6 +91,28 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _uncertainty_figures(ds, args: argparse.Namespace, out: Path, single_file: bool, formats: list[str], options: dict):
+    """The figures of a direction ensemble, or of a landscape whose contour maps mask what is noise."""
+    from ..plot import static
+    from ..plot import uncertainty as figs
+
+    if "seed" in ds.dims:
+        options = {**options, "mask_noise": args.mask_noise}
+        if args.kind == "all":
+            return figs.plot_ensemble_all(ds, out, formats, **options)
+        fig = figs.ensemble_figure(ds, args.kind, **options)
+        return static.save_figure(fig, out if single_file else static.figure_stem(out, args.kind), formats)
+    written = []
+    for kind in static.kinds_for(ds) if args.kind == "all" else (args.kind,):
+        if kind in ("contour", "contourf"):
+            fig = figs.plot_contour_noise(ds, metric=args.metric, log=args.log, levels=options["levels"], vmin=args.vmin,
+                                          vmax=args.vmax, filled=kind == "contourf")[0]
+        else:
+            fig = static.figure(ds, kind, **options)
+        written += static.save_figure(fig, out if single_file else static.figure_stem(out, kind), formats)
+    return written
 
 
 def _curvature_figure(ds, out: Path | None, formats: list[str], stem: Path | None = None) -> list[Path]:

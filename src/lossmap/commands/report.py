@@ -32,6 +32,17 @@ def run(args: argparse.Namespace) -> int:
     titles = titles_for(args.files, args.titles)
     levels = levels_option(args.levels, DEFAULT_LEVELS)
     datasets = load_all(args.files)
+    if any("seed" in d.dims for d in datasets):  # direction ensembles (lossmap surface --seeds)
+        from ..plot.uncertainty_report import write_ensemble_report
+        from ..uncertainty.summary import comparison_text, ensemble_text
+
+        path = write_ensemble_report(datasets, args.out, titles, metric=args.metric, log=args.log, levels=levels,
+                                     rise=args.rise)
+        for d, t in zip(datasets, titles):
+            print(f"{t}:{ensemble_text(d, metric=args.metric, rise=args.rise)}")
+        print(comparison_text(datasets, titles, metric=args.metric, rise=args.rise).lstrip("\n"))
+        print(f"wrote {path}")
+        return 0
     path = write_report(datasets, args.out, titles=titles, metric=args.metric, log=args.log, levels=levels, rise=args.rise)
     summaries = [stats.summarize(ds, metric=args.metric, rise=args.rise) for ds in datasets]
     print(stats.table(summaries, titles))

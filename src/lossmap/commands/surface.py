@@ -31,8 +31,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--orthogonalize", action="store_true", help="make η orthogonal to δ (2-D)")
     p.add_argument("--directions", metavar="FILE",
                    help="reuse saved directions (a .directions.safetensors file) instead of drawing new ones")
+    c.add_seeds_arg(p)
     c.add_loss_args(p)
     c.add_eval_args(p)
+    c.add_precision_args(p)
     c.add_output_args(p)
     add_surface_args(p)
     c.allow_negative_values(p)
@@ -42,6 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     out, device = c.check_run_args(args)  # before anything heavy is imported: argument errors answer at once
+    extra = c.uncertainty_options(args)
     check_surface_args(args)
     from ..directions import Directions
     from ..distributed import is_primary
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             model, data, x=args.x, y=args.y, directions=directions, seed=args.seed,
             normalization=args.normalization, bias=args.bias, orthogonalize=args.orthogonalize,
             include_buffers=buffers, tensor_filter=args.tensors,
-            **c.compute_options(args, out, device),
+            **c.compute_options(args, out, device), **extra,
         )
     ds = run.landscape()
     if args.curvature:
@@ -70,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
             ds = add_curvature(args, run, model, data, out, device)
         t.seconds += tc.seconds
     if is_primary():  # under torchrun, rank 0 speaks for all
-        print(c.summary_line(ds, out, t.seconds, computed=run.computed > 0 or args.curvature))
+        print(c.summary_line(ds, out, t.seconds, computed=run.computed > 0 or args.curvature) + c.uncertainty_text(ds))
     return 0

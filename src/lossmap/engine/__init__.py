@@ -4,7 +4,9 @@
 * :mod:`~lossmap.engine.fast` — the reference loop plus exact speed-ups, one small object each (``fast``);
 * :mod:`~lossmap.engine.vmap` — several points per forward (``vmap``, the default on CUDA);
 * :mod:`~lossmap.engine.fx`, :mod:`~lossmap.engine.onednn`, :mod:`~lossmap.engine.first_layer` — what the speed-ups use;
-* :mod:`~lossmap.engine.diagnose` — mistakes in the user's model, data or loss told in one line.
+* :mod:`~lossmap.engine.diagnose` — mistakes in the user's model, data or loss told in one line;
+* :mod:`~lossmap.engine.running` — per-point running statistics of per-example values (standard errors, paired
+  errors) and the stop at a stated precision.
 """
 
 from __future__ import annotations

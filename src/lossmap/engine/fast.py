@@ -72,6 +72,8 @@ class SubBatches(Speedup):
 
     def install(self, eng: "FastEngine", asked: Any) -> str | None:
         size = int(asked) if asked is not None else max(8, min(1024, SUB_BATCH_BYTES // eng.largest_activation_per_sample()))
+        cap = getattr(eng.source, "max_batch", None)  # points that stop at a stated precision stop at batch ends
+        size = size if cap is None else min(size, int(cap))
         first = eng.source.first().size
         if isinstance(eng.source, Cached) and len(eng.source) == 1 and size >= first:
             return None

@@ -1,9 +1,16 @@
 """The reference loop: the metrics of a model at θ0 + Σ cᵢdᵢ, one point at a time.
 
 A point is evaluated by writing its parameters into the model in place (foreach kernels, no allocation),
-then one forward pass per batch under ``torch.inference_mode`` that feeds every metric. Sums are
-accumulated on the device in float64 and read back once per point. Every faster engine computes the
-same numbers (the tests hold them to this loop in float64 at 1e-6).
+then one forward pass per batch under ``torch.inference_mode`` that feeds every metric. Each batch's
+per-example values go into running sums and moments on the device in float64 (:mod:`.running`), read back
+once per point: the mean of each metric, its standard error and the paired standard error of
+``v(θ) − v(θ0)`` (θ0's per-example values are computed once, by a full pass at the centre before the first
+point, and kept on the device in data order). Every faster engine computes the same numbers (the tests
+hold them to this loop in float64 at 1e-6).
+
+With :attr:`Engine.precision` set, a point stops reading batches once its loss is known to the stated
+precision (:class:`~lossmap.engine.running.Precision`); its sample count is the last column of
+:meth:`Engine.evaluate_stats`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ..data.source import Source
 from ..errors import LossmapError
 from ..losses import Loss, Metric, OutputTransform
 from ..space import write_point
+from . import running
 from .diagnose import Stage, check_output, diagnose
 
 __all__ = ["Workload", "Engine", "BN_POLICIES"]
@@ -80,8 +88,15 @@ class Engine:
         self.metric_names = work.metric_names
         self.n_metrics = len(self.metric_names)
         self.total = work.source.total
-        self._acc = torch.zeros(self.n_metrics, dtype=torch.float64, device=work.origin[0].device)
+        self.device = work.origin[0].device
         self._stage = Stage()
+        #: evaluation to a stated precision (None: every point reads all the data)
+        self.precision: running.Precision | None = None
+        #: θ0's per-example values ``[M, samples]`` in this engine's data order (made before the first point)
+        self.reference: torch.Tensor | None = None
+        #: per metric: whether it gave one value per example (else its standard errors are unknown)
+        self.per_example = [True] * self.n_metrics
+        self.pilot_sd: float | None = None
 
     # -- what the file records -----------------------------------------------------------------
     def describe(self) -> str:
@@ -137,42 +152,105 @@ class Engine:
 
     def point(self, coeffs: Sequence[float]) -> np.ndarray:
         """Metrics (in ``metric_names`` order) at θ0 + Σ coeffs[i]·d[i]."""
+        self.ensure_reference()
+        return self._point(coeffs)[: self.n_metrics]
+
+    def _point(self, coeffs: Sequence[float], collect: list | None = None) -> np.ndarray:
+        """The statistics row (:func:`~lossmap.engine.running.result`) of one point; ``collect`` gathers the
+        per-example values instead of stopping early (the reference pass)."""
         self.work.write(coeffs)
         self.model.eval()
         if self.work.bn == "recompute" and self.work.bn_modules:
             self._recompute_bn()
-        acc = self._acc
-        acc.zero_()
+        state = running.start(1, self.n_metrics, self.device)
+        rule = self.precision if collect is None else None
         with torch.inference_mode():
             self._stage.set("reading the evaluation data", None)
             for j, b in enumerate(self.source):
                 self._stage.set("the model's forward", b)
                 with self.amp():
                     out = self._output(j, b, coeffs)
-                self.accumulate(acc, out, b)
+                self.accumulate(state, out, b, collect)
+                if rule is not None and bool(self.stops(state)[0]):
+                    break
                 self._stage.set("reading the evaluation data", None)
-        return (acc / self.total).cpu().numpy()
+        return running.result(state)[0]
 
-    def accumulate(self, acc: torch.Tensor, raw: Any, b: Batch) -> None:
-        """Add one batch's metric sums (loss, then the metrics) to ``acc``, from the model's raw output."""
+    def stops(self, state: running.Running) -> torch.Tensor:
+        """Tensor[bool, P]: the points of ``state`` whose loss meets :attr:`precision`."""
+        return running.stop_mask(state, self.precision, self.pilot_sd, self.total)
+
+    def ensure_reference(self) -> None:
+        """θ0's per-example values (one full pass at the centre), once; the pilot standard deviation from them."""
+        if self.reference is not None:
+            return
+        if self.precision is not None and self.work.loss.per_example is None:
+            raise LossmapError(
+                f"evaluation to a stated precision needs per-example losses, and the loss {self.work.loss.name} has no "
+                "per-example form: use a loss with a reduction argument (an nn loss or a torch.nn.functional loss)"
+            )
+        collected: list[torch.Tensor] = []
+        self._reference_pass(collected)
+        ref = torch.cat(collected, dim=-1)
+        if ref.shape[-1] != self.total:
+            raise LossmapError(f"the data gave {ref.shape[-1]} samples at the centre but {self.total} before: "
+                               "evaluate on data that gives the same samples at every pass")
+        self.reference = ref
+        loss = ref[0]
+        self.pilot_sd = float(loss.std()) if loss.numel() > 1 and bool(torch.isfinite(loss).all()) else None
+
+    def _reference_pass(self, collected: list) -> None:
+        self._point([0.0] * len(self.work.directions), collect=collected)
+
+    def accumulate(self, state: running.Running, raw: Any, b: Batch, collect: list | None = None) -> None:
+        """Add one batch's per-example values (loss, then the metrics) to ``state``, from the model's raw output."""
         self._stage.set("the model's output transform", b)
-        self.add_sums(acc, self.widen(self.work.output(raw)), b)
+        self.add_values(state, self.widen(self.work.output(raw)), b, collect)
 
-    def add_sums(self, acc: torch.Tensor, out: Any, b: Batch) -> None:
-        """Add one batch's metric sums to ``acc``, from the output the loss takes."""
+    def add_values(self, state: running.Running, out: Any, b: Batch, collect: list | None = None) -> None:
+        """Add one batch's per-example values to ``state``, from the output the loss takes."""
+        self.feed(state, self.example_values(out, b).unsqueeze(0), collect)
+
+    def example_values(self, out: Any, b: Batch) -> torch.Tensor:
+        """``Tensor[M, batch]`` (float64): the loss and each metric per example (a batch mean repeated where
+        that is all a loss or metric gives; :attr:`per_example` notes it)."""
         self._stage.output = out
         self._stage.set("the loss", b)
-        acc[0] += self.work.loss.batch_sum(out, b.targets, b.size)
-        for k, (name, metric) in enumerate(self.work.metrics.items(), start=1):
+        value, flag = running.loss_values(self.work.loss, out, b.targets, b.size)
+        rows, flags = [value.to(device=self.device, dtype=torch.float64)], [flag]
+        for name, metric in self.work.metrics.items():
             self._stage.set(f"the metric {name!r}", b)
-            acc[k] += metric.batch_sum(out, b.targets, b.size)
+            value, flag = running.metric_values(metric, out, b.targets, b.size)
+            rows.append(value.to(device=self.device, dtype=torch.float64))
+            flags.append(flag)
+        self.note_per_example(flags)
+        return torch.stack(rows)
+
+    def note_per_example(self, flags: Sequence[bool]) -> None:
+        if not all(flags):
+            self.per_example = [a and f for a, f in zip(self.per_example, flags)]
+
+    def feed(self, state: running.Running, values: torch.Tensor, collect: list | None = None,
+             keep: torch.Tensor | None = None) -> None:
+        """Add ``values`` ``[P, M, batch]`` of the next batch to ``state``, paired with θ0's values of the same
+        examples when they are known; ``collect`` keeps the first point's values (the reference pass)."""
+        lo, size = state.seen, values.shape[-1]
+        if collect is not None:
+            collect.append(values[0].clone())
+        ref = None
+        if self.reference is not None:
+            ref = self.reference[:, lo : lo + size]
+            if ref.shape[-1] != size:
+                raise LossmapError("the data gave more samples than at the centre: evaluate on data that gives the same "
+                                   "samples at every pass")
+        running.update(state, values, ref, keep)
 
     def probe(self) -> Any:
         """The first batch at θ0 through the model, the loss and the metrics: a mistake in the model, the data
         or the loss surfaces here as one clear :class:`LossmapError`, before any point is computed. Returns the
         output the loss took."""
         b = self.work.source.first()
-        scratch = torch.zeros_like(self._acc)
+        scratch = running.start(1, self.n_metrics, self.device)
         self.work.write([0.0] * len(self.work.directions))
         self.model.eval()
         try:
@@ -193,8 +271,15 @@ class Engine:
     def evaluate_many(self, coeffs: np.ndarray) -> np.ndarray:
         """Metrics at several points: ``coeffs`` is ``(points, ndim)``, the result ``(points, n_metrics)``.
         An error of the user's model, data or loss becomes a :class:`LossmapError` saying where it happened."""
+        return self.evaluate_stats(coeffs)[:, : self.n_metrics]
+
+    def evaluate_stats(self, coeffs: np.ndarray) -> np.ndarray:
+        """Statistics at several points: ``(points, 3·n_metrics + 1)`` float64 — the means, the standard error
+        ``s/√n`` of each metric, the paired standard error of ``v(θ) − v(θ0)`` of each metric, and the samples
+        read (:func:`~lossmap.engine.running.result`)."""
         coeffs = np.asarray(coeffs, dtype=np.float64).reshape(len(coeffs), -1)
         try:
+            self.ensure_reference()
             return self._many(coeffs)
         except (LossmapError, KeyboardInterrupt):
             raise
@@ -202,7 +287,7 @@ class Engine:
             raise diagnose(exc, self._stage, self.work) from exc
 
     def _many(self, coeffs: np.ndarray) -> np.ndarray:
-        out = np.empty((len(coeffs), self.n_metrics), dtype=np.float64)
+        out = np.empty((len(coeffs), running.n_columns(self.n_metrics)), dtype=np.float64)
         for i, c in enumerate(coeffs):
-            out[i] = self.point(c)
+            out[i] = self._point(c)
         return out

@@ -17,6 +17,7 @@ import torch
 
 from ..data.batches import Batch, cut
 from ..losses import accuracy
+from . import running
 from .fast import FastEngine
 from .reference import Workload
 
@@ -93,39 +94,57 @@ class VmapEngine(FastEngine):
             params[name] = t
         return params
 
-    def _batch_sums(self, acc: torch.Tensor, out: torch.Tensor, b: Batch) -> None:
-        """Every point's sums for one batch; per-example losses and accuracy are computed for all points at once."""
+    def _batch_values(self, out: torch.Tensor, b: Batch) -> torch.Tensor:
+        """Every point's per-example values ``[P, M, batch]`` for one batch; per-example losses and accuracy are
+        computed for all points at once."""
         P = out.shape[0]
         t = b.targets
         vectorized = self.work.loss.per_example is not None and isinstance(t, torch.Tensor) and all(
             m is accuracy for m in self.work.metrics.values())
         if not vectorized:
-            for p in range(P):
-                self.add_sums(acc[p], out[p], b)
-            return
+            return torch.stack([self.example_values(out[p], b) for p in range(P)])
         flat = out.reshape((P * out.shape[1],) + tuple(out.shape[2:]))
         tt = t.unsqueeze(0).expand((P,) + tuple(t.shape)).reshape((-1,) + tuple(t.shape[1:]))
         self._stage.set("the loss", b)
-        acc[:, 0] += self.work.loss.per_example(flat, tt).reshape(P, -1).double().sum(1)
-        for k, metric in enumerate(self.work.metrics.values(), start=1):
-            acc[:, k] += metric.fn(flat, tt).reshape(P, -1).double().sum(1)
+        rows = [self.work.loss.per_example(flat, tt).reshape(P, -1)]
+        rows += [metric.fn(flat, tt).reshape(P, -1) for metric in self.work.metrics.values()]
+        return torch.stack(rows, dim=1).to(torch.float64)
 
-    def _chunk(self, coeffs: np.ndarray) -> np.ndarray:
+    def _chunk(self, coeffs: np.ndarray, collect: list | None = None) -> np.ndarray:
         ref = self.work.origin[0]
         c = torch.as_tensor(np.asarray(coeffs, dtype=np.float64), device=ref.device).to(ref.dtype)
         params = self._stack(c)
-        acc = torch.zeros(len(coeffs), self.n_metrics, dtype=torch.float64, device=ref.device)
+        state = running.start(len(coeffs), self.n_metrics, ref.device)
+        rule = self.precision if collect is None else None
+        stopped: torch.Tensor | None = None
         self.model.eval()
         with torch.inference_mode():
             for b in self.source:
                 self._stage.set("the model's forward (vmap)", b)
-                self._batch_sums(acc, self.widen(self._forward_points(params, b.inputs)), b)
-        return (acc / self.total).cpu().numpy()
+                values = self._batch_values(self.widen(self._forward_points(params, b.inputs)), b)
+                self.feed(state, values, collect, None if stopped is None else ~stopped)
+                if rule is not None:
+                    now = self.stops(state)
+                    stopped = now if stopped is None else stopped | now
+                    if bool(stopped.all()):
+                        break
+        return running.result(state)
+
+    def _reference_pass(self, collected: list) -> None:
+        if not self.vmap_ok:
+            super()._reference_pass(collected)
+            return
+        try:
+            self._chunk(np.zeros((1, len(self.work.directions))), collect=collected)
+        except _VMAP_ERRORS as exc:  # one the probe at the start did not meet
+            collected.clear()
+            self._fall_back(f"vmap failed on a later batch ({type(exc).__name__})")
+            super()._reference_pass(collected)
 
     def _many(self, coeffs: np.ndarray) -> np.ndarray:
         if not self.vmap_ok:
             return super()._many(coeffs)
-        out = np.empty((len(coeffs), self.n_metrics), dtype=np.float64)
+        out = np.empty((len(coeffs), running.n_columns(self.n_metrics)), dtype=np.float64)
         step = self.points_per_forward
         for lo in range(0, len(coeffs), step):
             try:

@@ -216,8 +216,11 @@ def _cross_sections(ds: xr.Dataset) -> list[tuple[str, np.ndarray, dict[str, np.
 
 
 def _lines_figure(ds: xr.Dataset, metric: str, log: bool, title: str) -> go.Figure:
+    from .uncertainty_report import error_bars, section_errors
+
     metrics = _metrics(ds)
     others = [m for m in metrics if m != metric]
+    errors = {m: section_errors(ds, m) for m in [metric, *others]}
     fig = make_subplots(specs=[[{"secondary_y": bool(others)}]])
     dashes = ["solid", "dash"]
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
@@ -227,6 +230,7 @@ def _lines_figure(ds: xr.Dataset, metric: str, log: bool, title: str) -> go.Figu
             label = f"{m} {name}".strip()
             fig.add_trace(
                 go.Scatter(x=coords, y=_nan_to_none(v), mode="lines", name=label,
+                           error_y=error_bars(errors[m][s], log and k == 0),
                            line={"dash": dashes[s % 2], "color": palette[k % len(palette)], "width": 2.5 if k == 0 else 1.5},
                            hovertemplate=f"coefficient=%{{x:.4g}}<br>{m}=%{{y:.5g}}<extra>{html.escape(label)}</extra>"),
                 secondary_y=(k > 0) if others else None,
@@ -495,6 +499,9 @@ def report_html(
         if "surface" in figs:
             doc.text('<div class="row">' + doc.figure(figs["surface"]) + doc.figure(figs["contour"]) + "</div>")
         doc.text(doc.figure(figs["lines"]))
+        if f"{metric}_se" in d.variables:
+            doc.text('<p class="note">Error bars: ± 1.96 standard errors (s/√n) of each point, a 95 % interval for the '
+                     "mean over the distribution the data were drawn from.</p>")
         doc.text("<h3>Summary numbers</h3>" + _summary_table([s], [t]))
         if len(datasets) == 1:
             doc.text(f'<p class="note">{_SUMMARY_NOTE}</p>')
