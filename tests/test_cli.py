@@ -419,6 +419,23 @@ def test_python_m_lossmap_error_is_one_line(env, tmp_path):
     assert "does not fit the model" in proc.stderr
 
 
+def test_a_reader_that_leaves_early_ends_the_command_quietly(env, tmp_path):
+    """`lossmap info f.nc | head`: the pipe's reader is gone before the first line is written."""
+    lossmap.compute(model_at(env, env["a"]), lossmap.data.npz(env["root"] / "data.npz"), x="-1:1:3", out=tmp_path / "s.nc")
+    proc = subprocess.Popen([sys.executable, "-m", "lossmap", "info", "s.nc"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141 and err == ""
+
+
+def test_ctrl_c_before_the_first_point_says_interrupted(tmp_path, capsys):
+    (tmp_path / "slow.py").write_text("def build():\n    raise KeyboardInterrupt\n")
+    rc = main(["surface", "--model", f"{tmp_path / 'slow.py'}:build", "--data", "digits:test", "--out", str(tmp_path / "s.nc")])
+    assert rc == 130 and capsys.readouterr().err == "lossmap: interrupted\n"
+    assert not (tmp_path / "s.nc").exists()
+
+
 def test_docs_own_model_example_runs_as_written(tmp_path):
     """The command-line guide's 'your own model' shell block (factory file, .pt checkpoint, npz data) runs unchanged."""
     import re

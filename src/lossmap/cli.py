@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lossmap: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # compute() says how many points it saved
-        print(f"lossmap: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"lossmap: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
     finally:
         if handler is not None:
@@ -78,7 +79,13 @@ def entry() -> None:
     from ._alloc import tune
 
     tune()
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (`lossmap info f.nc | head`): stop quietly, as a C tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush cannot fail again
+        code = 128 + 13
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
