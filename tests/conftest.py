@@ -18,6 +18,17 @@ NETS = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for a module of tiny tensors (an OpenMP region on a busy machine costs more than the work)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def cli_files(tmp_path) -> list[str]:
     """A tiny model factory, a checkpoint of it and an npz data set in ``tmp_path``; the command-line

@@ -333,10 +333,8 @@ def test_output_that_cannot_be_written(env, tmp_path, capsys):
 
 def test_read_only_output_folder_is_refused_before_computing(env, tmp_path, capsys, monkeypatch):
     """Also where the tests run as root (who may write anywhere): the check asks os.access."""
-    import lossmap.commands._common as common
-
     calls = []
-    monkeypatch.setattr(common.os, "access", lambda path, mode: calls.append(str(path)) or False)
+    monkeypatch.setattr(os, "access", lambda path, mode: calls.append(str(path)) or False)
     msg = run_fail(surface_args(env, tmp_path / "o.nc", "--x", "-1:1:3"), capsys)
     assert f"output folder {str(tmp_path)!r} is not writable" in msg and calls == [str(tmp_path)]
 
@@ -449,7 +447,9 @@ def test_docs_own_model_example_runs_as_written(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ds = store.load(tmp_path / "mynet.nc")
     assert ds.sizes == {"x": 11, "y": 11} and store.meta(ds)["samples"] == 256
-    wrote, flatness = proc.stdout.strip().splitlines()[-2:]
+    lines = proc.stdout.strip().splitlines()
+    wrote = next(line for line in lines if line.startswith("wrote mynet.nc"))
+    flatness = lines[lines.index(wrote) + 1]
     assert wrote.startswith("wrote mynet.nc (11×11 points; loss ")
     assert flatness.startswith(f"flatness: centre loss {ds.attrs['summary_centre']:.4g}")
 

@@ -18,13 +18,7 @@ from lossmap.uncertainty.pointwise import error_names
 ERROR_ATTRS = ("population", "precision_tol", "precision_relative", "precision_z", "precision_min_samples", "precision_order")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread (an OpenMP region on a busy machine costs more than the work)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def _model():

@@ -21,13 +21,7 @@ from lossmap.errors import LossmapError
 from lossmap.uncertainty.pointwise import error_coords, noise_mask, population_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread (an OpenMP region on a busy machine costs more than the work)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def _mlp(seed: int = 0) -> nn.Module:

@@ -20,13 +20,7 @@ from lossmap.uncertainty.seeds import parse_seeds
 GRID = dict(x="-1:1:5", y="-1:1:4")  # 20 points, non-square
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread (an OpenMP region on a busy machine costs more than the work)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def _model(seed: int = 0) -> nn.Module:

@@ -67,6 +67,26 @@ def existing(out: Path | None, overwrite: bool, settings: dict[str, Any], names:
     return values, mask.copy(), store.meta(ds)
 
 
+def claim(coord: Any, out: Path | None, overwrite: bool, settings: dict[str, Any], names: list[str], guard: Any
+          ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """The ranks agree on ``settings``; rank 0 takes ``out``'s writer lock into ``guard`` (an ExitStack) and reads
+    what :func:`existing` finds there. Every rank raises the same LossmapError when the file cannot be used.
+    Returns rank 0's find (other ranks: None; they learn the outcome by broadcast)."""
+    coord.agree(settings, differences)
+    found, problem = None, None
+    if coord.primary:
+        try:
+            if out is not None:
+                guard.enter_context(store.writer_lock(out))
+            found = existing(out, overwrite, settings, names)
+        except LossmapError as exc:
+            problem = str(exc)
+    problem = coord.broadcast(problem)
+    if problem is not None:
+        raise LossmapError(problem)
+    return found
+
+
 class Sink:
     """Writes a run's landscape to its file when due. ``dataset()`` makes the landscape as far as it is done
     (the run's attributes asked afresh at every write: seconds, the engine that ran); ``directions`` are

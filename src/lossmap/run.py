@@ -32,8 +32,8 @@ from .errors import LossmapError
 from .fingerprint import callable_identity
 from .grid import Grid
 from .objective import Objective
-from .output import Sink, existing
-from .settings import LOSS_CONVENTION, SETTINGS_FIELDS, differences
+from .output import Sink, claim
+from .settings import LOSS_CONVENTION, SETTINGS_FIELDS
 from .space import tensor_hash
 from .uncertainty import pointwise
 
@@ -204,18 +204,8 @@ class Run:
     def start(self, guard: Any) -> None:
         """Resume ``out`` when it was made with the same settings (keeping its chunking), else start afresh.
         Rank 0 decides (taking the file's lock into ``guard``) and the other ranks follow."""
-        self.coord.agree(self.settings, differences)
-        o, found, problem = self.options, None, None
-        if self.coord.primary:
-            try:
-                if o.out is not None:
-                    guard.enter_context(store.writer_lock(o.out))
-                found = existing(o.out, o.overwrite, self.settings, self.names)
-            except LossmapError as exc:
-                problem = str(exc)
-        problem = self.coord.broadcast(problem)
-        if problem is not None:
-            raise LossmapError(problem)
+        o = self.options
+        found = claim(self.coord, o.out, o.overwrite, self.settings, self.names, guard)
         if found is not None:
             self.values, self.mask = found[0], found[1]
             self.created = found[2].get("created", self.created)

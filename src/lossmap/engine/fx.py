@@ -13,7 +13,7 @@ the model's own forward on a probe batch.
 from __future__ import annotations
 
 import operator
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F

@@ -30,8 +30,7 @@ import xarray as xr
 
 from .. import store
 from ..errors import LossmapError
-from ..output import Sink, existing
-from ..settings import differences
+from ..output import Sink, claim
 
 __all__ = ["parse_seeds", "Ensemble", "is_ensemble", "SEED"]
 
@@ -95,18 +94,8 @@ class Ensemble:
     # -- start: a new file or a resumed one ---------------------------------------------------------
     def start(self, guard: Any, names: list[str]) -> None:
         """Resume ``out`` when it was made with the same settings, else start afresh (rank 0 decides)."""
-        self.coord.agree(self.settings, differences)
-        o, found, problem = self.options, None, None
-        if self.coord.primary:
-            try:
-                if o.out is not None:
-                    guard.enter_context(store.writer_lock(o.out))
-                found = existing(o.out, o.overwrite, self.settings, names)
-            except LossmapError as exc:
-                problem = str(exc)
-        problem = self.coord.broadcast(problem)
-        if problem is not None:
-            raise LossmapError(problem)
+        o = self.options
+        found = claim(self.coord, o.out, o.overwrite, self.settings, names, guard)
         if found is not None:
             self.values[...] = found[0].reshape(self.values.shape)
             self.mask[...] = found[1].reshape(self.mask.shape)
