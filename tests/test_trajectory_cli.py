@@ -111,7 +111,7 @@ def test_rerun_is_unchanged_and_info_lists_the_runs(env, capsys):
     block = text[text.index("trajectory:"): text.index("metadata:")]
     assert "run SGD: 7 checkpoints, steps 0–12" in block and "run Adam: 9 checkpoints, steps 0–8" in block
     assert re.search(r"explained: \d+\.\d %", block)
-    metrics = text[text.index("metrics:"): text.index("trajectory:")]
+    metrics = text[text.index("metrics:"): text.index("per-point errors:")]
     assert metrics.count("\n  ") == 2  # loss and accuracy only: the checkpoints are not metrics
 
 
