@@ -42,13 +42,14 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) -m pip install -q --no-deps $(HESSIAN_CONTENDERS)
 	$(PY) bench/hessian.py $(BENCH_HESSIAN_ARGS)
+	$(PY) bench/precision.py $(BENCH_PRECISION_ARGS)
 
 bench-trajectory: $(STAMP)
 	$(PY) bench/trajectory.py $(BENCH_ARGS)
 
 # evaluation to a stated precision against the full evaluation (seed CNN, 10,000 MNIST test images, 21×21)
 bench-precision: $(STAMP)
-	$(PY) bench/precision.py $(BENCH_ARGS)
+	$(PY) bench/precision.py $(BENCH_PRECISION_ARGS)
 
 clean:
 	rm -rf lossmap-demo .pytest_cache site build/docs
