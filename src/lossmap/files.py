@@ -13,7 +13,7 @@ from typing import Iterator
 
 from .errors import LossmapError
 
-__all__ = ["check_output", "atomic_path"]
+__all__ = ["check_output", "atomic_path", "sibling", "read_netcdf"]
 
 
 def check_output(path: str | Path, example: str = "landscape.nc") -> Path:
@@ -68,3 +68,27 @@ def _fsync(path: Path, directory: bool = False) -> None:
         pass  # some file systems cannot fsync folders; the rename is still atomic
     finally:
         os.close(fd)
+
+
+def sibling(path: str | Path, suffix: str) -> Path:
+    """``ab.nc`` → ``ab<suffix>`` in the same folder (``ab.directions.safetensors``, ``ab.spec.json``)."""
+    p = Path(path)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(stem + suffix)
+
+
+def read_netcdf(path: str | Path, what: str):
+    """The netCDF/HDF5 file at ``path``, loaded into memory; one LossmapError line, naming ``what`` (e.g.
+    "landscape file"), when it is missing or cannot be read."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise LossmapError(f"{what} {str(path)!r} does not exist: check the path")
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            return ds.load()
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise LossmapError(f"cannot read {what} {str(path)!r}: it is truncated, damaged or not netCDF/HDF5 "
+                           f"({type(exc).__name__}: {detail})") from exc

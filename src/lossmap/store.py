@@ -37,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import LossmapError
-from .files import atomic_path, check_output
+from .files import atomic_path, check_output, read_netcdf
 
 FORMAT = "lossmap.landscape"
 FORMAT_VERSION = 1
@@ -406,16 +406,6 @@ def load(path: str | Path) -> xr.Dataset:
         >>> same.sizes["x"], same.attrs["directions_kind"]
         (5, 'random')
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LossmapError(f"landscape file {str(path)!r} does not exist: check the path")
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception as exc:
-        raise LossmapError(
-            f"cannot read landscape file {str(path)!r}: it is truncated, damaged or not netCDF/HDF5 "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+    ds = read_netcdf(path, "landscape file")
     validate(ds, f"file {str(path)!r}")
     return ds

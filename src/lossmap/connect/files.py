@@ -11,16 +11,9 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import LossmapError
-from ..files import atomic_path, check_output
+from ..files import atomic_path, check_output, read_netcdf, sibling
 
 __all__ = ["save_state", "save_spec", "load_spec", "load_result", "sibling"]
-
-
-def sibling(path: str | Path, suffix: str) -> Path:
-    """``ab.nc`` → ``ab<suffix>`` in the same folder (``ab.aligned.safetensors``, ``ab.spec.json``)."""
-    p = Path(path)
-    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    return p.with_name(stem + suffix)
 
 
 def save_state(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
@@ -81,16 +74,8 @@ def load_result(path: str | Path, fmt: str):
     Returns:
         xarray.Dataset: the file's contents.
     """
-    import xarray as xr
 
-    path = Path(path)
-    if not path.is_file():
-        raise LossmapError(f"file {str(path)!r} does not exist: check the path")
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception as exc:
-        raise LossmapError(f"cannot read {str(path)!r}: it is damaged or not netCDF/HDF5 ({type(exc).__name__})") from exc
+    ds = read_netcdf(path, "file")
     if ds.attrs.get("lossmap_format") != fmt:
         raise LossmapError(f"{str(path)!r} is not a {fmt} file (format {ds.attrs.get('lossmap_format')!r}): pass the file that command wrote")
     return ds

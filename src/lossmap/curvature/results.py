@@ -48,7 +48,7 @@ import xarray as xr
 
 from ..directions import Directions
 from ..errors import LossmapError
-from ..files import atomic_path, check_output
+from ..files import atomic_path, check_output, read_netcdf, sibling
 from .analysis import Spectrum
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "parse_picks", "hessian_directions", "spectrum_dataset", "save_spectrum",
@@ -57,12 +57,6 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "parse_picks", "hessian_directions", "spe
 FORMAT = "lossmap.hessian"
 FORMAT_VERSION = 1
 ENDS = ("top", "bottom")
-
-
-def sibling(path: str | Path, suffix: str) -> Path:
-    """``h.nc`` → ``h<suffix>`` beside it (e.g. ``.directions.safetensors``)."""
-    p = Path(path)
-    return p.with_name(p.stem + suffix)
 
 
 def parse_picks(spec: str) -> list[tuple[str, int]]:
@@ -241,14 +235,7 @@ def load_spectrum(path: str | Path) -> xr.Dataset:
         ...
         lossmap.errors.LossmapError: Hessian file 'missing.nc' does not exist: check the path
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LossmapError(f"Hessian file {str(path)!r} does not exist: check the path")
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file
-        raise LossmapError(f"cannot read Hessian file {str(path)!r}: it is damaged or not netCDF/HDF5 ({type(exc).__name__})") from exc
+    ds = read_netcdf(path, "Hessian file")
     if ds.attrs.get("lossmap_format") != FORMAT:
         raise LossmapError(f"{str(path)!r} is not a lossmap Hessian file (no '{FORMAT}' format attribute): write it with lossmap hessian")
     if int(ds.attrs.get("lossmap_format_version", 0)) > FORMAT_VERSION:
