@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..errors import LossmapError
 from .scale import axis_label, is_2d
-from .static import _edges, describe
+from .canvas import _edges, describe
 
 __all__ = ["plot_curvature", "has_curvature", "CURVATURE_KIND"]
 

@@ -28,7 +28,7 @@ from ..errors import LossmapError
 from ..uncertainty import ensemble as ens
 from ..uncertainty.pointwise import noise_mask
 from ..uncertainty.seeds import SEED, is_ensemble
-from . import static
+from . import canvas, plane, static
 from .scale import axis_label, higher_is_better, is_2d
 
 __all__ = ["plot_contour_noise", "plot_band", "plot_seeds", "plot_summaries", "ensemble_figure", "ENSEMBLE_KINDS",
@@ -39,7 +39,7 @@ ENSEMBLE_KINDS = ("line", "contour", "contourf", "heatmap", "summary")
 
 
 def _values(ds: xr.Dataset, metric: str) -> np.ndarray:
-    return static._grid_values(ds, metric, False)
+    return canvas._grid_values(ds, metric, False)
 
 
 def plot_contour_noise(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool = False, levels: Any = None,
@@ -49,14 +49,14 @@ def plot_contour_noise(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log
 
     Raises :class:`LossmapError` when the landscape holds no paired errors (a file made before lossmap stored them).
     """
-    static._require_2d(ds, "contour plot", 2)
-    values = static._grid_values(ds, metric, log)
-    lo, hi = static._value_range([values], metric, log, vmin, vmax, higher_is_better(ds, metric))
-    lv = static._levels(levels, lo, hi, log)
+    canvas._require_2d(ds, "contour plot", 2)
+    values = canvas._grid_values(ds, metric, log)
+    lo, hi = canvas._value_range([values], metric, log, vmin, vmax, higher_is_better(ds, metric))
+    lv = canvas._levels(levels, lo, hi, log)
     shown, mask = _without_noise(ds, metric, values, k)
     if not np.isfinite(shown).any():  # everything is noise: nothing to contour, only the shade
-        fig, ax = static._new_axes(ax, figsize=static._figsize_2d(ds, filled))
-        static._finish_2d(ax, ds, f"{static._metric_label(metric, log)}: {static.describe(ds)}")
+        fig, ax = canvas._new_axes(ax, figsize=canvas._figsize_2d(ds, filled))
+        plane._finish_2d(ax, ds, f"{canvas._metric_label(metric, log)}: {canvas.describe(ds)}")
     else:
         masked = ds.assign({metric: (("x", "y"), shown)})
         fig, ax = static.plot_contour(masked, ax=ax, metric=metric, log=log, levels=lv, vmin=lo, vmax=hi, filled=filled)
@@ -104,7 +104,7 @@ def plot_band(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool = 
     """A direction ensemble's curves: median and ``low``–``high`` quantile band over seeds, each seed faintly.
     Returns ``(fig, ax)``."""
     _require_ensemble(ds)
-    fig, ax = static._new_axes(ax, figsize=(6.4, 4.6))
+    fig, ax = canvas._new_axes(ax, figsize=(6.4, 4.6))
     colors = ["#1f77b4", "#d62728"]
     k = ds.sizes[SEED]
     for s, (label, coords, curves) in enumerate(_sections(ds, metric)):
@@ -119,10 +119,10 @@ def plot_band(ds: xr.Dataset, ax: Any = None, metric: str = "loss", log: bool = 
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("coefficient" if is_2d(ds) else axis_label(ds, "x"))
-    ax.set_ylabel(static._metric_label(metric, log))
+    ax.set_ylabel(canvas._metric_label(metric, log))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{metric} over {k} direction seeds: {static.describe(ds)}")
+    ax.set_title(f"{metric} over {k} direction seeds: {canvas.describe(ds)}")
     return fig, ax
 
 
@@ -132,34 +132,34 @@ def plot_seeds(ds: xr.Dataset, metric: str = "loss", kind: str = "contour", log:
     one colour scale and the same contour levels for all; ``mask_noise`` leaves out contours within 2 paired
     standard errors of the centre in each panel. Returns the figure."""
     _require_ensemble(ds)
-    static._require_2d(ds, "small-multiples plot", 1 if kind == "heatmap" else 2)
+    canvas._require_2d(ds, "small-multiples plot", 1 if kind == "heatmap" else 2)
     if kind not in ("contour", "contourf", "heatmap"):
         raise LossmapError(f"small multiples of kind {kind!r}: choose contour, contourf or heatmap")
     panels = [ds.isel({SEED: i}) for i in range(ds.sizes[SEED])]
-    arrays = [static._grid_values(p, metric, log) for p in panels]
-    lo, hi = static._value_range(arrays, metric, log, vmin, vmax, higher_is_better(ds, metric))
-    lv = static._levels(levels, lo, hi, log)
+    arrays = [canvas._grid_values(p, metric, log) for p in panels]
+    lo, hi = canvas._value_range(arrays, metric, log, vmin, vmax, higher_is_better(ds, metric))
+    lv = canvas._levels(levels, lo, hi, log)
     n = len(panels)
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    w, h = static._panel_size(ds)
+    w, h = canvas._panel_size(ds)
     fig = Figure(figsize=(cols * (0.7 * w + 0.5) + 1.6, rows * (0.7 * h + 0.7) + 0.7), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    norm = static._norm(min(lo, lv[0]), max(hi, lv[-1]), log) if kind != "heatmap" else static._norm(lo, hi, log)
-    extend = static._extend(arrays, lv[0], lv[-1]) if kind != "heatmap" else static._extend(arrays, lo, hi)
+    norm = canvas._norm(min(lo, lv[0]), max(hi, lv[-1]), log) if kind != "heatmap" else canvas._norm(lo, hi, log)
+    extend = canvas._extend(arrays, lv[0], lv[-1]) if kind != "heatmap" else canvas._extend(arrays, lo, hi)
     mappable = None
     for i, (ax, panel, values) in enumerate(zip(axes, panels, arrays)):
         mask = None
         if mask_noise:
             values, mask = _without_noise(panel, metric, values, 2.0)
         if kind == "heatmap":
-            mappable = ax.pcolormesh(static._edges(panel["x"].values), static._edges(panel["y"].values),
-                                     static._masked(values).T, norm=norm, cmap=static.CMAP, shading="flat")
+            mappable = ax.pcolormesh(canvas._edges(panel["x"].values), canvas._edges(panel["y"].values),
+                                     canvas._masked(values).T, norm=norm, cmap=canvas.CMAP, shading="flat")
         elif np.isfinite(values).any():
-            mappable = static._draw_contour(ax, panel, values, lv, norm, kind == "contourf", extend)
+            mappable = plane._draw_contour(ax, panel, values, lv, norm, kind == "contourf", extend)
         if mask is not None:
             _shade(ax, panel, mask, 2.0, legend=i == 0)
-        static._finish_2d(ax, panel, f"seed {int(panel[SEED].values)}")
+        plane._finish_2d(ax, panel, f"seed {int(panel[SEED].values)}")
         ax.title.set_fontsize(9)
         ax.tick_params(labelsize=7)
         ax.xaxis.label.set_fontsize(8)
@@ -167,9 +167,9 @@ def plot_seeds(ds: xr.Dataset, metric: str = "loss", kind: str = "contour", log:
     for ax in axes[n:]:
         ax.set_visible(False)
     if mappable is not None:
-        static._colorbar(fig, mappable, list(axes[:n]), static._metric_label(metric, log), log,
+        canvas._colorbar(fig, mappable, list(axes[:n]), canvas._metric_label(metric, log), log,
                          lv if kind != "heatmap" else None, **({"extend": extend} if kind == "heatmap" else {}))
-    fig.suptitle(f"{static._metric_label(metric, log)} over {n} direction seeds: {static.describe(ds)} (one colour scale)")
+    fig.suptitle(f"{canvas._metric_label(metric, log)} over {n} direction seeds: {canvas.describe(ds)} (one colour scale)")
     return fig
 
 
