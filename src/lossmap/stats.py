@@ -134,61 +134,67 @@ def summarize(
     if two_d:
         out["centre_y"] = float(ys[j0])
     out["centre"] = centre
+    out.update(_extremes(z, xs, ys))
+    out.update(_rise_radii(z, xs, ys, i0, j0, centre, rise))
+    out.update(_ball_mean(z, xs, ys, i0, j0, centre, radius))
+    return out
 
+
+def _extremes(z: np.ndarray, xs: np.ndarray, ys: np.ndarray | None) -> dict[str, float]:
+    """``min``, ``max`` and where the minimum lies (``argmin_x``, ``argmin_y``), NaN when nothing is finite."""
+    two_d = ys is not None
     finite = np.isfinite(z)
-    if finite.any():
-        masked = np.where(finite, z, np.inf)
-        flat = int(np.argmin(masked))
-        out["min"] = float(z.flat[flat])
-        out["max"] = float(np.max(np.where(finite, z, -np.inf)))
-        idx = np.unravel_index(flat, z.shape)
-        out["argmin_x"] = float(xs[idx[0]])
-        if two_d:
-            out["argmin_y"] = float(ys[idx[1]])
-    else:
-        out.update({"min": math.nan, "max": math.nan, "argmin_x": math.nan})
-        if two_d:
-            out["argmin_y"] = math.nan
+    if not finite.any():
+        out = {"min": math.nan, "max": math.nan, "argmin_x": math.nan}
+        return out | ({"argmin_y": math.nan} if two_d else {})
+    flat = int(np.argmin(np.where(finite, z, np.inf)))
+    idx = np.unravel_index(flat, z.shape)
+    out = {"min": float(z.flat[flat]), "max": float(np.max(np.where(finite, z, -np.inf))), "argmin_x": float(xs[idx[0]])}
+    return out | ({"argmin_y": float(ys[idx[1]])} if two_d else {})
 
+
+def _rise_radii(z: np.ndarray, xs: np.ndarray, ys: np.ndarray | None, i0: int, j0: int | None, centre: float,
+                rise: float | None) -> dict[str, float]:
+    """``rise`` and the rise radius along each axis, both ways (``rise_radius_xpos``, …)."""
     if rise is None:
         rise = 0.1 * (1.0 + abs(centre)) if math.isfinite(centre) else math.nan
     else:
         rise = float(rise)
         if not (math.isfinite(rise) and rise > 0):
             raise LossmapError(f"rise={rise!r} must be a positive finite number (the loss increase to look for)")
-    out["rise"] = float(rise)
+    out = {"rise": float(rise)}
     threshold = centre + rise
-    line_x = z[:, j0] if two_d else z
-    axes = [("x", xs, line_x, i0)]
-    if two_d:
+    axes = [("x", xs, z[:, j0] if ys is not None else z, i0)]
+    if ys is not None:
         axes.append(("y", ys, z[i0, :], j0))
     for name, coords, line, start in axes:
         for sign, step in (("pos", 1), ("neg", -1)):
             value = math.nan if not math.isfinite(threshold) else _rise_radius(coords, line, start, step, threshold)
             out[f"rise_radius_{name}{sign}"] = value
+    return out
 
-    half_widths = [(xs.max() - xs.min()) / 2]
-    if two_d:
-        half_widths.append((ys.max() - ys.min()) / 2)
+
+def _ball_mean(z: np.ndarray, xs: np.ndarray, ys: np.ndarray | None, i0: int, j0: int | None, centre: float,
+               radius: float | None) -> dict[str, Any]:
+    """``ball_radius``, ``ball_points`` and ``ball_mean_increase``: the mean rise over the grid points within
+    ``radius`` of the centre."""
     if radius is None:
+        half_widths = [(xs.max() - xs.min()) / 2] + ([(ys.max() - ys.min()) / 2] if ys is not None else [])
         radius = 0.5 * float(min(half_widths))
     else:
         radius = float(radius)
         if not (math.isfinite(radius) and radius >= 0):
             raise LossmapError(f"radius={radius!r} must be a finite number >= 0 (a distance in coefficient units)")
-    if two_d:
+    if ys is not None:
         xx, yy = np.meshgrid(xs - xs[i0], ys - ys[j0], indexing="ij")
         dist = np.hypot(xx, yy)
     else:
         dist = np.abs(xs - xs[i0])
     inside = (dist <= radius * (1 + 1e-12)) & ~np.isnan(z)
-    out["ball_radius"] = radius
-    out["ball_points"] = int(inside.sum())
+    out: dict[str, Any] = {"ball_radius": radius, "ball_points": int(inside.sum()), "ball_mean_increase": math.nan}
     if inside.any() and math.isfinite(centre):
         with np.errstate(invalid="ignore"):
             out["ball_mean_increase"] = float(np.mean(z[inside] - centre))
-    else:
-        out["ball_mean_increase"] = math.nan
     return out
 
 
