@@ -20,6 +20,8 @@ from lossmap.cli import main
 from lossmap.directions import Directions, target_directions
 from lossmap.models import load_checkpoint, load_model, save_checkpoint
 
+from cli_run import run_fail, run_ok
+
 FACTORY = textwrap.dedent(
     """
     import torch
@@ -61,27 +63,6 @@ def env(tmp_path_factory):
 
 def model_at(env, ckpt):
     return load_checkpoint(load_model(env["model"]), ckpt)
-
-
-def run_ok(argv, capsys):
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    return captured.out
-
-
-def run_fail(argv, capsys) -> str:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own errors (bad choice, missing option) exit from parse_args
-        rc = exc.code
-    captured = capsys.readouterr()
-    assert rc == 2, (captured.out, captured.err)
-    lines = captured.err.strip("\n").split("\n")
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err
-    assert lines[0].startswith("lossmap: error: ")
-    return lines[0]
 
 
 def surface_args(env, out, *extra):

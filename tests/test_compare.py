@@ -11,6 +11,8 @@ import xarray as xr
 from lossmap import stats, store
 from lossmap.cli import main
 
+from cli_run import run_fail
+
 
 def landscape(nx=9, ny=7, scale=1.0, one_d=False, extra_metric=False):
     x = np.linspace(-1, 1, nx)
@@ -87,45 +89,31 @@ def test_compare_one_d_files(files, tmp_path):
     assert out.stat().st_size > 1000
 
 
-def _fails(capsys, argv, *needles):
-    capsys.readouterr()
-    try:
-        status = main(argv)
-    except SystemExit as exc:  # argparse rejects a bad option value before the command runs
-        status = exc.code
-    assert status == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("lossmap: error:"), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_compare_refuses_mismatches_with_one_line(files, tmp_path, capsys):
     out = tmp_path / "c.png"
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["wide"]), "--out", str(out)],
-           "wide", "different x grid", "-1:1:11", "-1:1:9")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["metric"]), "--out", str(out)], "metrics", "error")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["line_a"]), "--out", str(out)], "1-D")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--metric", "nope"], "'nope'")
+    run_fail(["compare", str(files["sgd"]), str(files["wide"]), "--out", str(out)], capsys,
+             "wide", "different x grid", "-1:1:11", "-1:1:9")
+    run_fail(["compare", str(files["sgd"]), str(files["metric"]), "--out", str(out)], capsys, "metrics", "error")
+    run_fail(["compare", str(files["sgd"]), str(files["line_a"]), "--out", str(out)], capsys, "1-D")
+    run_fail(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--metric", "nope"], capsys, "'nope'")
     assert not out.exists()
 
 
 def test_compare_refuses_bad_arguments_with_one_line(files, tmp_path, capsys):
     out = tmp_path / "c.png"
-    _fails(capsys, ["compare", str(files["sgd"]), "--out", str(out)], "at least two")
-    _fails(capsys, ["compare", str(files["sgd"]), str(tmp_path / "missing.nc"), "--out", str(out)], "missing.nc", "does not exist")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(tmp_path / "c.gif")], ".png")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--titles", "one"], "--titles")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--kind", "pie"], "--kind")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--levels", "0"], "--levels 0")
-    _fails(capsys, ["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--levels", "1"], "--levels 1")
-    _fails(capsys, ["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--metric", "acuracy"], "acuracy")
+    run_fail(["compare", str(files["sgd"]), "--out", str(out)], capsys, "at least two")
+    run_fail(["compare", str(files["sgd"]), str(tmp_path / "missing.nc"), "--out", str(out)], capsys, "missing.nc", "does not exist")
+    run_fail(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(tmp_path / "c.gif")], capsys, ".png")
+    run_fail(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--titles", "one"], capsys, "--titles")
+    run_fail(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--kind", "pie"], capsys, "--kind")
+    run_fail(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--levels", "0"], capsys, "--levels 0")
+    run_fail(["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--levels", "1"], capsys, "--levels 1")
+    run_fail(["report", str(files["sgd"]), "--out", str(tmp_path / "r.html"), "--metric", "acuracy"], capsys, "acuracy")
     out.write_bytes(b"old")
     html = tmp_path / "c.html"
     html.write_text("old")
-    _fails(capsys, ["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--html", str(html),
-                    "--metric", "nope"], "'nope'")
+    run_fail(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--html", str(html),
+                    "--metric", "nope"], capsys, "'nope'")
     assert out.read_bytes() == b"old" and html.read_text() == "old"  # a refused run leaves them alone
     # figures and pages are made from the landscape files, so existing ones are replaced
     assert main(["compare", str(files["sgd"]), str(files["adam"]), "--out", str(out), "--html", str(html)]) == 0

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from lossmap.cli import main
 from lossmap.connect.files import load_result
 from lossmap.models import load_model, save_checkpoint
+
+from cli_run import run_fail, run_ok
 
 NETS = textwrap.dedent(
     """
@@ -98,26 +99,6 @@ def env(tmp_path_factory):
     torch.manual_seed(2)
     files["cumsum_b"] = save_checkpoint(load_model(f"{root / 'nets.py'}:cumsum"), root / "cumsum_b.safetensors")
     return files
-
-
-def run_ok(argv, capsys) -> str:
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    return captured.out
-
-
-def run_fail(argv, capsys) -> str:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own errors exit from parse_args
-        rc = exc.code
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    lines = err.strip("\n").split("\n")
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("lossmap: error: ")
-    return lines[0]
 
 
 def _loss64(model, state, x, y) -> float:

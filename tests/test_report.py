@@ -17,6 +17,8 @@ from lossmap.cli import main
 from lossmap.errors import LossmapError
 from lossmap.plot.interactive import comparison_figures, landscape_figures, write_report
 
+from cli_run import run_fail
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -233,24 +235,16 @@ def test_cli_report_writes_page_and_prints_summary(tmp_path, capsys):
     assert "<h2>Comparison</h2>" in text and 'id="landscape-2">b</h2>' in text
 
 
-def _fails(capsys, argv, needle):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("lossmap: error:") and needle in err, err
-    assert "Traceback" not in err
-
-
 def test_cli_report_refuses_bad_input_with_one_line(tmp_path, capsys):
     ds = landscape(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5))
     f = store.save(ds, tmp_path / "a.nc")
     out = tmp_path / "r.html"
     out.write_text("an older report")
-    _fails(capsys, ["report", str(tmp_path / "missing.nc"), "--out", str(tmp_path / "n.html")], "does not exist")
+    run_fail(["report", str(tmp_path / "missing.nc"), "--out", str(tmp_path / "n.html")], capsys, "does not exist")
     (tmp_path / "junk.nc").write_bytes(b"not a landscape")
-    _fails(capsys, ["report", str(tmp_path / "junk.nc"), "--out", str(tmp_path / "n.html")], "junk.nc")
-    _fails(capsys, ["report", str(f), "--out", str(tmp_path / "n.html"), "--metric", "nope"], "'nope'")
-    _fails(capsys, ["report", str(f), "--out", str(tmp_path / "n.html"), "--titles", "a", "b"], "--titles")
+    run_fail(["report", str(tmp_path / "junk.nc"), "--out", str(tmp_path / "n.html")], capsys, "junk.nc")
+    run_fail(["report", str(f), "--out", str(tmp_path / "n.html"), "--metric", "nope"], capsys, "'nope'")
+    run_fail(["report", str(f), "--out", str(tmp_path / "n.html"), "--titles", "a", "b"], capsys, "--titles")
     assert out.read_text() == "an older report"  # refused runs leave it alone
     assert main(["report", str(f), "--out", str(out)]) == 0  # a report is made from files: it is replaced
     assert "plotly.js v" in out.read_text(encoding="utf-8")

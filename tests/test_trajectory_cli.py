@@ -19,6 +19,8 @@ from lossmap.cli import main
 from lossmap.models import load_model
 from lossmap.trajectory import Recorder, read_paths
 
+from cli_run import run_fail, run_ok
+
 NETS = textwrap.dedent(
     """
     from torch import nn
@@ -59,26 +61,6 @@ def env(tmp_path_factory):
     assert main(["trajectory", str(root / "sgd"), str(root / "adam"), "--model", spec, "--data",
                  f"npz:{root / 'data.npz'}", "--points", "7", "--labels", "SGD", "Adam", "--out", str(out)]) == 0
     return {"root": root, "model": spec, "data": f"npz:{root / 'data.npz'}", "x": xt, "y": yt, "out": out}
-
-
-def run_ok(argv, capsys) -> str:
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    return captured.out
-
-
-def run_fail(argv, capsys) -> str:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    captured = capsys.readouterr()
-    assert rc == 2, (captured.out, captured.err)
-    lines = captured.err.strip("\n").split("\n")
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert lines[0].startswith("lossmap: error: ")
-    return lines[0]
 
 
 def test_the_file_holds_both_runs_and_each_checkpoints_own_metrics(env):
