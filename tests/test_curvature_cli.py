@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from lossmap import store
 from lossmap.cli import main
@@ -16,6 +13,8 @@ from lossmap.curvature.results import load_eigenvectors, load_spectrum
 from lossmap.data import load_data
 from lossmap.directions import Directions
 from lossmap.models import load_checkpoint, load_model
+
+from oracles import dense_hessian
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +31,7 @@ def oracle_eigenvalues(cli_files) -> np.ndarray:
     model = load_checkpoint(load_model(spec), ckpt).double()
     x, y = load_data(data).tensors
     x = x.double()
-    shapes = [(k, p.shape, p.numel()) for k, p in model.named_parameters()]
-    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def f(flat):
-        params, at = {}, 0
-        for k, shape, size in shapes:
-            params[k] = flat[at : at + size].reshape(shape)
-            at += size
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
-
-    return np.linalg.eigvalsh(torch.autograd.functional.hessian(f, flat0, vectorize=True).numpy())
+    return np.linalg.eigvalsh(dense_hessian(model, x, y))
 
 
 def test_hessian_command_writes_the_spectrum_eigenvectors_and_directions(tmp_path, cli_files, capsys):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from lossmap.curvature import dense_matrix
@@ -22,6 +21,8 @@ from lossmap.curvature.results import load_eigenvectors, load_spectrum, parse_pi
 from lossmap.directions import Directions
 from lossmap.errors import LossmapError
 from lossmap.objective import Objective
+
+from oracles import dense_hessian
 
 
 def one_line(fn, match: str) -> str:
@@ -59,10 +60,10 @@ def test_linear_regression_with_the_default_mse_is_the_closed_form(method):
     obj = Objective(nn.Linear(dim, k).double(), (x, y), batch_size=16)
     assert obj.loss.name == "mse"
     closed = kron_closed_form(2 * xa.T @ xa / (n * k), k, dim)
-    op = hessian_operator(obj, method=method)
+    op = hessian_operator(obj, method=method, keep_memory=0)  # every product by this method, none through kept graphs
     np.testing.assert_allclose(dense_matrix(op), closed, rtol=1e-12, atol=1e-14)
     ref = np.linalg.eigvalsh(closed)
-    s = spectrum_of(obj, top=4, bottom=2, tol=0, trace_matvecs=3 * op.shape[0], method=method)
+    s = spectrum_of(obj, top=4, bottom=2, tol=0, trace_matvecs=3 * op.shape[0], method=method, keep_memory=0)
     np.testing.assert_allclose(s.top.values, ref[::-1][:4], rtol=1e-8)
     np.testing.assert_allclose(s.bottom.values, ref[:2], rtol=1e-8)
     assert abs(s.trace.estimate - np.trace(closed)) < 1e-10 * np.trace(closed)  # Hutch++ with m ≥ 3n is exact
@@ -141,25 +142,10 @@ def _mlp(seed=0):
     return model, torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (50,), generator=g)
 
 
-def autograd_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """The oracle: torch.autograd.functional.hessian of the mean cross-entropy over one flat parameter vector."""
-    shapes = [(k, p.shape, p.numel()) for k, p in model.named_parameters()]
-    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def f(flat):
-        params, at = {}, 0
-        for k, shape, size in shapes:
-            params[k] = flat[at : at + size].reshape(shape)
-            at += size
-        return nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
-
-    return torch.autograd.functional.hessian(f, flat0, vectorize=True).numpy()
-
-
 @pytest.mark.slow
-def test_mlp_spectrum_matches_the_autograd_hessian():
+def test_mlp_spectrum_matches_the_dense_hessian():
     model, x, y = _mlp()
-    h = autograd_hessian(model, x, y)
+    h = dense_hessian(model, x, y)
     assert h.shape[0] <= 2000
     ref = np.linalg.eigvalsh(h)
     assert ref[0] < -1e-3 * ref[-1]  # a saddle: negative curvature is present
@@ -177,8 +163,8 @@ def test_forward_over_reverse_and_double_backward_agree():
     model, x, y = _mlp(3)
     obj = Objective(model, (x, y), batch_size=16)
     rng = np.random.default_rng(0)
-    fwd = hessian_operator(obj, method="forward-over-reverse")
-    dbl = hessian_operator(obj, method="double-backward")
+    fwd = hessian_operator(obj, method="forward-over-reverse", keep_memory=0)
+    dbl = hessian_operator(obj, method="double-backward", keep_memory=0)
     for _ in range(3):
         v = rng.standard_normal(fwd.shape[0])
         a, b = fwd.matvec(v), dbl.matvec(v)
@@ -214,7 +200,7 @@ def test_at_another_theta_and_on_a_block():
     theta = {k: t + 0.1 for k, t in obj.theta0.items()}
     shifted = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     shifted.load_state_dict({k: v.clone() for k, v in theta.items()})
-    h = autograd_hessian(shifted, x, y)
+    h = dense_hessian(shifted, x, y)
     np.testing.assert_allclose(dense_matrix(hessian_operator(obj, theta, method="double-backward")), h, rtol=1e-10, atol=1e-12)
     block = hessian_operator(obj, theta, block=["4.weight", "4.bias"], method="double-backward")
     lo = sum(p.numel() for k, p in model.named_parameters() if k.startswith(("0.", "2.")))
@@ -299,9 +285,9 @@ def test_the_probe_refuses_randomness_and_picks_a_method():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_spectrum_on_cuda_matches_the_cpu_autograd_hessian():
+def test_spectrum_on_cuda_matches_the_cpu_dense_hessian():
     model, x, y = _mlp(10)
-    ref = np.linalg.eigvalsh(autograd_hessian(model, x, y))
+    ref = np.linalg.eigvalsh(dense_hessian(model, x, y))
     obj = Objective(model, (x, y), device="cuda", batch_size=16)
     s = spectrum_of(obj, top=2, bottom=1, tol=1e-10, trace_matvecs=3 * ref.size)
     assert s.top.vectors[0]["0.weight"].device.type == "cuda"

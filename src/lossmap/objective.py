@@ -272,7 +272,7 @@ class Objective:
         method = self._hvp_method if method == "auto" else method
         if method == "auto":
             try:
-                out = self._hvp_forward(params, vec)
+                out = _summed(self._over_data(self._batch_hvp("forward-over-reverse", params, vec), told=False), params)
                 self._hvp_method = "forward-over-reverse"
                 return out
             except LossmapError:
@@ -280,22 +280,21 @@ class Objective:
             except Exception as exc:  # noqa: BLE001 - an op without forward-mode AD
                 log.warning("forward-over-reverse HVP not available (%s: %s); using double backward", type(exc).__name__, exc)
                 self._hvp_method = method = "double-backward"
+        return _summed(self._over_data(self._batch_hvp(method, params, vec)), params)
+
+    def _batch_hvp(self, method: str, params: Params, v: Params) -> Callable[[Any, Stage], Params]:
+        """``one(batch, stage)``: the batch's share of ``H v`` at ``params`` (``method``: forward-over-reverse or
+        double-backward); summed over the batches it is the whole data set's."""
         if method == "forward-over-reverse":
-            return self._hvp_forward(params, vec, told=True)
-        return self._hvp_double(params, vec)
+            def forward(b: Any, stage: Stage) -> Params:
+                grad = torch.func.grad(lambda p: self._batch_loss(p, b, stage))
+                return torch.func.jvp(grad, (params,), (v,))[1]
 
-    def _hvp_forward(self, params: Params, v: Params, told: bool = False) -> Params:
-        def one(b: Any, stage: Stage) -> Params:
-            grad = torch.func.grad(lambda p: self._batch_loss(p, b, stage))
-            return torch.func.jvp(grad, (params,), (v,))[1]
-
-        return _summed(self._over_data(one, told=told), params)
-
-    def _hvp_double(self, params: Params, v: Params) -> Params:
+            return forward
         leaves = {n: t.detach().requires_grad_(True) for n, t in params.items()}
         names = list(leaves)
 
-        def one(b: Any, stage: Stage) -> Params:
+        def double(b: Any, stage: Stage) -> Params:
             with torch.enable_grad():
                 loss = self._batch_loss(leaves, b, stage)
                 grads = torch.autograd.grad(loss, [leaves[n] for n in names], create_graph=True, allow_unused=True)
@@ -305,7 +304,7 @@ class Objective:
                 hv = torch.autograd.grad(dot, [leaves[n] for n in names], allow_unused=True)
             return {n: (h if h is not None else torch.zeros_like(leaves[n])).detach() for n, h in zip(names, hv)}
 
-        return _summed(self._over_data(one), params)
+        return double
 
     def per_example(self, theta: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The loss of every example, in data order.

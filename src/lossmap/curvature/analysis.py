@@ -134,7 +134,7 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
                 trace_matvecs: int | None = None, density_steps: int | None = None, density_runs: int = 1,
                 per_layer: bool = False, theta: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
                 method: str = "auto", ncv: int | None = None, reduce: Reduce | None = None, probe: bool = True,
-                say: Callable[[str], None] | None = None) -> Spectrum:
+                say: Callable[[str], None] | None = None, keep_memory: int | str | None = None) -> Spectrum:
     """The Hessian's spectrum at ``theta`` (default θ0): see the module docstring.
 
     Args:
@@ -152,6 +152,7 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
         reduce: sums HVPs over torchrun ranks (:class:`~lossmap.curvature.shards.RankSum`).
         probe: run the determinism probe first (False: trust the data and model).
         say: called with a line after each part (progress).
+        keep_memory: the memory the kept gradient graphs may hold (:func:`~lossmap.curvature.hessian.hessian_operator`).
 
     Returns:
         Spectrum: eigenpairs, trace, density and per-layer spectra with their HVP counts.
@@ -175,7 +176,7 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
         _whole(density_steps, "density_steps", 1)
     if not (top or bottom or trace_matvecs or density_steps or per_layer):
         raise LossmapError("nothing to compute: ask for top or bottom eigenvalues, the trace, the density or per-layer spectra")
-    op = hessian_operator(objective, theta, method=method, reduce=reduce)
+    op = hessian_operator(objective, theta, method=method, reduce=reduce, keep_memory=keep_memory)
     n = op.shape[0]
     check_counts(n, top, bottom)
     say = say or (lambda line: log.info(line))
@@ -204,7 +205,7 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
     density = slq(op, density_steps, density_runs, seed=np.random.default_rng([seed, 3])) if density_steps else None
     lap("density")
     method = op.hvp.method  # the probe's choice where it was "auto"
-    layers = _layers(objective, theta, method, reduce, max(top, 1), max(bottom, 1), tol, seed) if per_layer else {}
+    layers = _layers(op, max(top, 1), max(bottom, 1), tol, seed) if per_layer else {}
     lap("layers")
     return Spectrum(found_top, found_bottom, trace, density, layers, n, list(op.names), float(tol), int(seed),
                     probe_hvps, method, seconds)
@@ -218,10 +219,9 @@ def _eigen_line(top: Eigen | None, bottom: Eigen | None, tol: float) -> str:
     return "; ".join(parts) + f"; tol {tol:g}"
 
 
-def _layers(objective: Objective, theta: Mapping[str, torch.Tensor] | None, method: str, reduce: Reduce | None,
-            top: int, bottom: int, tol: float, seed: int) -> dict[str, LayerSpectrum]:
+def _layers(base: HessianOperator, top: int, bottom: int, tol: float, seed: int) -> dict[str, LayerSpectrum]:
+    """Each module's block of ``base`` (its products share ``base``'s kept graphs)."""
     out: dict[str, LayerSpectrum] = {}
-    base = hessian_operator(objective, theta, method=method, reduce=reduce)
     for layer, names in layer_blocks(list(base.names)).items():
         op = HessianOperator(base.hvp, base.template, block=names)
         hi, lo = _block_values(op, top, bottom, tol, seed)

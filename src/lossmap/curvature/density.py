@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import LossmapError
-from .operator import HessianOperator
+from .operator import HessianOperator, quiet_blas
 from .trace import _generator, rademacher
 
 __all__ = ["SLQ", "lanczos", "slq", "smooth_density"]
@@ -99,6 +99,7 @@ def _quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.nda
     return values, vectors[0] ** 2
 
 
+@quiet_blas()
 def slq(op: HessianOperator, steps: int, runs: int = 1, seed: int | np.random.Generator = 0,
         starts: np.ndarray | None = None, breakdown: float = 1e-10) -> SLQ:
     """Stochastic Lanczos quadrature: nodes and weights of the spectral density.

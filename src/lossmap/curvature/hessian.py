@@ -5,7 +5,9 @@ the eigensolvers, trace and density estimators work on. The Hessian is that of t
 data set (batches weighted by their size), with batch norm and dropout in evaluation mode, with respect to
 the objective's selected *parameters* (buffers the objective moves, e.g. batch-norm running statistics, are
 part of θ but not of the Hessian). HVPs are forward-over-reverse (``torch.func``) with double backward as
-the fallback (:meth:`lossmap.objective.Objective.hvp`).
+the fallback (:meth:`lossmap.objective.Objective.hvp`). After the probe, each batch's gradient graph is
+built once and kept where memory allows (:mod:`~lossmap.curvature.kept`), so that a later product is one
+backward pass through it.
 
 Under ``torchrun`` each rank holds a shard of the data (:func:`lossmap.curvature.shards.shard`) and the
 operator sums the ranks' HVPs, each weighted by its share of the samples (:class:`~lossmap.curvature.shards.RankSum`):
@@ -27,6 +29,8 @@ import torch
 
 from ..errors import LossmapError
 from ..objective import HVP_METHODS, Objective
+from ..data.source import parse_bytes
+from .kept import KeptGraphs, default_budget
 from .operator import HessianOperator
 from .trace import rademacher
 
@@ -65,27 +69,40 @@ def parameter_names(objective: Objective) -> list[str]:
 class BoundHVP:
     """``v ↦ H v`` of an objective at a fixed point: the function a :class:`HessianOperator` calls.
 
+    Once the method is settled (by the probe, or given), products go through
+    :class:`~lossmap.curvature.kept.KeptGraphs` when ``budget`` allows: each batch's gradient graph is built
+    once, and a later product is one backward pass through it. The probe's products are always fresh ones.
+
     Attributes:
         objective (Objective), point (dict): the objective and θ.
         names (list[str]): the parameters the Hessian covers.
         method (str): the HVP method; the probe may set it to the faster one.
         reduce: the sum over torchrun ranks, or None.
+        graphs (KeptGraphs | None): the kept gradient graphs (None: every product fresh).
+        fresh (bool): while True (the probe), products are fresh.
     """
 
     def __init__(self, objective: Objective, point: dict[str, torch.Tensor], names: list[str], method: str,
-                 reduce: Reduce | None) -> None:
+                 reduce: Reduce | None, budget: int = 0) -> None:
         self.objective, self.point, self.names, self.method, self.reduce = objective, point, names, method, reduce
+        self.graphs = KeptGraphs(objective, point, budget) if budget > 0 else None
+        self.fresh = False
 
     def __call__(self, v: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         full = {n: v[n] if n in v else torch.zeros_like(self.point[n]) for n in self.objective.names}
-        out = self.objective.hvp(full, theta=self.point, method=self.method)
+        if self.graphs is not None and not self.fresh and self.method != "auto":
+            out = self.graphs(self.objective._params(full), self.method)
+        else:
+            out = self.objective.hvp(full, theta=self.point, method=self.method)
+            if self.method == "auto" and not self.fresh:  # settled by this first product (no probe ran)
+                self.method = self.objective._hvp_method
         out = {n: out[n] for n in self.names}
         return self.reduce(out) if self.reduce is not None else out
 
 
 def hessian_operator(objective: Objective, theta: Mapping[str, torch.Tensor] | None = None, *,
-                     block: Sequence[str] | None = None, method: str = "auto", reduce: Reduce | None = None
-                     ) -> HessianOperator:
+                     block: Sequence[str] | None = None, method: str = "auto", reduce: Reduce | None = None,
+                     keep_memory: int | str | None = None) -> HessianOperator:
     """The Hessian of ``objective``'s mean loss at ``theta`` as a matrix-free symmetric operator.
 
     Args:
@@ -97,6 +114,8 @@ def hessian_operator(objective: Objective, theta: Mapping[str, torch.Tensor] | N
             :func:`check_deterministic` turns ``"auto"`` into the faster of the two).
         reduce: sums a rank's HVP over the ranks of a torchrun job (:class:`~lossmap.curvature.shards.RankSum`);
             None: a single process.
+        keep_memory: the memory the kept gradient graphs may hold (bytes or e.g. ``"2GB"``; 0: every product
+            fresh; None: a quarter of the free memory), see :mod:`~lossmap.curvature.kept`.
 
     Returns:
         HessianOperator: ``matvec`` takes and returns flat float64 vectors over the block's parameters; its
@@ -115,7 +134,10 @@ def hessian_operator(objective: Objective, theta: Mapping[str, torch.Tensor] | N
     names = parameter_names(objective)
     point = objective._params(theta)
     template = {n: point[n] for n in names}
-    return HessianOperator(BoundHVP(objective, point, names, method, reduce), template, names if block is None else block)
+    budget = parse_bytes(keep_memory)
+    budget = default_budget(objective.device) if budget is None else budget
+    bound = BoundHVP(objective, point, names, method, reduce, budget)
+    return HessianOperator(bound, template, names if block is None else block)
 
 
 def probe_tolerance(op: HessianOperator) -> float:
@@ -155,13 +177,19 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
     v /= np.linalg.norm(v)
     bound = op.hvp if isinstance(op.hvp, BoundHVP) else None
     choose = bound is not None and bound.method == "auto"
-    first, t_first = _timed(op, v)  # "auto": forward-over-reverse, or double backward where forward AD fails
-    _check_finite(first)
-    if choose:
-        tried = bound.method = bound.objective._hvp_method
-        choose = tried == "forward-over-reverse"
-        bound.method = "double-backward"
-    second, t_second = _timed(op, v)
+    if bound is not None:
+        bound.fresh = True  # two fresh passes over the data: kept graphs would only repeat themselves
+    try:
+        first, t_first = _timed(op, v)  # "auto": forward-over-reverse, or double backward where forward AD fails
+        _check_finite(first)
+        if choose:
+            tried = bound.method = bound.objective._hvp_method
+            choose = tried == "forward-over-reverse"
+            bound.method = "double-backward"
+        second, t_second = _timed(op, v)
+    finally:
+        if bound is not None:
+            bound.fresh = False
     op.count = before
     scale = float(np.linalg.norm(first))
     diff = float(np.linalg.norm(first - second))

@@ -89,7 +89,8 @@ def curvature_landscape(objective: Objective, directions: Sequence[Mapping[str, 
                         tol: float = 1e-3, seed: int = 0, method: str = "auto", reduce: Reduce | None = None,
                         previous: CurvatureState | None = None,
                         checkpoint: Callable[[CurvatureState], None] | None = None, every_seconds: float = 10.0,
-                        on_point: Callable[[int, int], None] | None = None) -> CurvatureState:
+                        on_point: Callable[[int, int], None] | None = None,
+                        keep_memory: int | str | None = None) -> CurvatureState:
     """λmax and λmin at every grid point (see the module docstring).
 
     Args:
@@ -102,6 +103,8 @@ def curvature_landscape(objective: Objective, directions: Sequence[Mapping[str, 
         previous: a partial state to finish (its ``tol`` must equal ``tol``).
         checkpoint: called with the state every ``every_seconds`` and at the end.
         on_point: ``on_point(done, total)`` after each point.
+        keep_memory: the memory each point's kept gradient graphs may hold
+            (:func:`~lossmap.curvature.hessian.hessian_operator`).
 
     Returns:
         CurvatureState: every point done.
@@ -129,7 +132,8 @@ def curvature_landscape(objective: Objective, directions: Sequence[Mapping[str, 
         for p in order:
             if state.done[p]:
                 continue
-            op = hessian_operator(objective, _point(objective, directions[: grid.ndim], coeffs[p]), method=method, reduce=reduce)
+            op = hessian_operator(objective, _point(objective, directions[: grid.ndim], coeffs[p]), method=method, reduce=reduce,
+                                  keep_memory=keep_memory)
             if not probed:
                 check_deterministic(op, seed)
                 method, probed = op.hvp.method, True

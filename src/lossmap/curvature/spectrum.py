@@ -15,7 +15,7 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 from ..errors import LossmapError
-from .operator import HessianOperator
+from .operator import HessianOperator, quiet_blas
 
 __all__ = ["Eigen", "top_eigen", "dense_matrix", "start_vector", "WHICH"]
 
@@ -130,7 +130,8 @@ def _order(values: np.ndarray, vectors: np.ndarray, which: str, k: int) -> tuple
 
 def _arpack(op: HessianOperator, k: int, which: str, tol: float, v0, maxiter, ncv) -> tuple[np.ndarray, np.ndarray]:
     try:
-        return eigsh(op.linear_operator(), k=k, which=which, tol=tol, v0=v0, maxiter=maxiter, ncv=ncv)
+        with quiet_blas():
+            return eigsh(op.linear_operator(), k=k, which=which, tol=tol, v0=v0, maxiter=maxiter, ncv=ncv)
     except ArpackNoConvergence:
         raise LossmapError(
             f"Lanczos (eigsh, which={which}, k={k}) did not reach tol={tol} within maxiter={maxiter}: "

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import LossmapError
-from .operator import HessianOperator
+from .operator import HessianOperator, quiet_blas
 
 __all__ = ["TraceEstimate", "hutchinson", "hutchpp", "rademacher"]
 
@@ -96,6 +96,7 @@ def hutchinson(op: HessianOperator, probes: int, seed: int | np.random.Generator
     return TraceEstimate(estimate, se, op.count - before, "hutchinson", int(probes))
 
 
+@quiet_blas()
 def hutchpp(op: HessianOperator, matvecs: int, seed: int | np.random.Generator = 0) -> TraceEstimate:
     """Hutch++ estimate of ``tr(H)`` with a budget of ``matvecs`` HVPs.
 
