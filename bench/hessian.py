@@ -7,7 +7,8 @@
 Contenders (each in its own fresh process, so its peak memory is its own), all on the same briefly trained seed
 CNN (bench/run.py's checkpoint), the same samples in batches of 250 (equal batches: hessian-eigenthings'
 1/n_batches average is then the true mean), the mean NLL loss:
-  lossmap                lossmap.curvature: the faster HVP (probed), ARPACK (eigsh, tol) for the top 5, Hutch++;
+  lossmap                lossmap.curvature: the faster HVP (probed), then each batch's gradient graph kept (within
+                         lossmap's default memory budget), ARPACK (eigsh, tol) for the top 5, Hutch++;
   hessian-eigenthings    1.0.0a5: HessianOperator (double backward), lanczos(k=5, which="LA", tol), with max_iter
                          doubled from 10 until every Ritz pair meets tol (only the converged run is timed);
                          hutch_plus_plus with the same number of HVPs;
@@ -16,7 +17,10 @@ CNN (bench/run.py's checkpoint), the same samples in batches of 250 (equal batch
   interleaved            one HVP of each implementation in turn, three rounds, in one process (the fair per-product
                          cost on a machine whose load changes between the contenders' runs).
 The tolerance is relative: ‖Hx − λx‖ ≤ tol·|λ| for every pair (ARPACK and hessian-eigenthings' Ritz test are the
-same criterion). Also: the cost of one HVP against one gradient (lossmap, both HVP methods).
+same criterion). Every contender runs with the allocator setting the ``lossmap`` command uses
+(``lossmap.tune_allocator()``: glibc keeps freed activation buffers instead of unmapping them; ``--glibc-default``
+leaves it). Also: the cost of one HVP against one gradient (lossmap: both fresh methods, and one product
+through the kept graphs).
 Results: a table here and JSON under bench/results/.
 """
 
@@ -79,27 +83,33 @@ def w_lossmap(cfg: dict) -> dict:
     tr = hutchpp(op, cfg["matvecs"], seed=0)
     t_tr = time.perf_counter() - t
     costs = hvp_cost(obj) if cfg.get("costs") else {}
+    graphs = op.hvp.graphs
+    kept = dict(kept_batches=len(graphs.kept), kept_mb=graphs.held / 2**20) if graphs is not None else {}
+    if costs and graphs is not None:
+        costs["hvp_kept_s"] = best_of(2, lambda: op.matvec(start_vector(op.shape[0])))
     return dict(top5=eig.values.tolist(), eig_hvps=eig.hvps, eig_s=t_eig, setup_s=setup, probe_hvps=2,
                 method=op.hvp.method, trace=tr.estimate, trace_se=tr.se, trace_hvps=tr.hvps, trace_s=t_tr, **costs,
-                threads=torch.get_num_threads())
+                **kept, threads=torch.get_num_threads())
+
+
+def best_of(times: int, fn) -> float:
+    """The fastest of ``times`` calls of ``fn``, in seconds."""
+    best = float("inf")
+    for _ in range(times):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def hvp_cost(obj) -> dict:
-    """Seconds of one gradient and one HVP (each method) over the same data, best of 2."""
+    """Seconds of one gradient and one fresh HVP (each method) over the same data, best of 2."""
     import torch
 
     v = {n: torch.randn_like(t) for n, t in obj.theta0.items()}
-    out = {}
-    for key, fn in (("grad_s", lambda: obj.value_and_grad()),
-                    ("hvp_forward_s", lambda: obj.hvp(v, method="forward-over-reverse")),
-                    ("hvp_double_s", lambda: obj.hvp(v, method="double-backward"))):
-        best = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-        out[key] = best
-    return out
+    return {key: best_of(2, fn) for key, fn in (("grad_s", lambda: obj.value_and_grad()),
+                                                ("hvp_forward_s", lambda: obj.hvp(v, method="forward-over-reverse")),
+                                                ("hvp_double_s", lambda: obj.hvp(v, method="double-backward")))}
 
 
 def w_eigenthings(cfg: dict) -> dict:
@@ -186,14 +196,16 @@ def w_interleaved(cfg: dict) -> dict:
 
     x, y = load_xy(cfg["samples"])
     data, net = batches(cfg["samples"]), model()
-    ops = {m: hessian_operator(Objective(net, (x, y), "nll", metrics={}, batch_size=BATCH), method=m)
+    ops = {m: hessian_operator(Objective(net, (x, y), "nll", metrics={}, batch_size=BATCH), method=m, keep_memory=0)
            for m in ("forward-over-reverse", "double-backward")}
+    ops["kept"] = hessian_operator(Objective(net, (x, y), "nll", metrics={}, batch_size=BATCH), method="double-backward")
     eo = he.HessianOperator(net, data, he.supervised_loss(nn.NLLLoss()))
     cl = HessianLinearOperator(net, nn.NLLLoss(), list(net.parameters()), data, check_deterministic=False).to_scipy()
     v = start_vector(ops["double-backward"].shape[0])
     vt, v32 = torch.as_tensor(v, dtype=torch.float32), v.astype(np.float32)
     fns = {"lossmap forward-over-reverse": lambda: ops["forward-over-reverse"].matvec(v),
            "lossmap double-backward": lambda: ops["double-backward"].matvec(v),
+           "lossmap kept graphs": lambda: ops["kept"].matvec(v),
            "hessian-eigenthings": lambda: eo.matvec(vt), "curvlinops": lambda: cl @ v32}
     for fn in fns.values():
         fn()
@@ -211,6 +223,10 @@ WORKERS = {"lossmap": w_lossmap, "hessian-eigenthings": w_eigenthings, "curvlino
 
 
 def child(name: str, cfg: dict) -> dict:
+    if cfg.get("tuned"):  # the same process-wide allocator setting for every contender (what `lossmap` uses)
+        from lossmap import tune_allocator
+
+        tune_allocator()
     out = WORKERS[name](cfg)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
@@ -247,9 +263,11 @@ def table(results: dict) -> str:
         rows.append("one HVP, implementations in turn in one process (median): "
                     + "; ".join(f"{k} {v:.2f} s" for k, v in inter.items()))
     if "grad_s" in ref:
+        kept = (f", through the kept graphs {ref['hvp_kept_s']:.2f} s ({ref['hvp_kept_s'] / ref['grad_s']:.2f}x; "
+                f"{ref['kept_batches']} batches, {ref['kept_mb']:.0f} MB)") if "hvp_kept_s" in ref else ""
         rows.append(f"one gradient {ref['grad_s']:.2f} s; one HVP: forward-over-reverse {ref['hvp_forward_s']:.2f} s "
                     f"({ref['hvp_forward_s'] / ref['grad_s']:.2f}x), double backward {ref['hvp_double_s']:.2f} s "
-                    f"({ref['hvp_double_s'] / ref['grad_s']:.2f}x); lossmap used {ref['method']}")
+                    f"({ref['hvp_double_s'] / ref['grad_s']:.2f}x){kept}; fresh products by {ref['method']}")
     return "\n".join(rows)
 
 
@@ -260,6 +278,8 @@ def main(argv=None) -> int:
     p.add_argument("--matvecs", type=int, default=30, help="HVPs of each trace estimate (default 30)")
     p.add_argument("--only", nargs="+", choices=list(WORKERS), default=list(WORKERS))
     p.add_argument("--quick", action="store_true", help="skip the HVP-versus-gradient timing")
+    p.add_argument("--glibc-default", action="store_true",
+                   help="leave glibc's allocator as it is (default: every contender runs with lossmap.tune_allocator())")
     p.add_argument("--child")
     p.add_argument("--config")
     args = p.parse_args(argv)
@@ -269,7 +289,8 @@ def main(argv=None) -> int:
     ensure_checkpoint()
     results = {}
     for name in args.only:
-        cfg = dict(samples=args.samples, tol=args.tol, matvecs=args.matvecs, costs=name == "lossmap" and not args.quick)
+        cfg = dict(samples=args.samples, tol=args.tol, matvecs=args.matvecs, costs=name == "lossmap" and not args.quick,
+                   tuned=not args.glibc_default)
         print(f"running {name} ...", flush=True)
         results[name] = run_child(name, cfg)
     text = table(results)
