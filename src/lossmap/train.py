@@ -130,6 +130,22 @@ class TrainResult:
         )
 
 
+def _epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+           batch_size: int, step: Callable[[float], None]) -> float:
+    """One pass over ``x[order]`` in mini-batches, an optimizer step each (``step(loss)`` after it); returns the
+    mean training loss of the pass."""
+    total = 0.0
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo : lo + batch_size]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        step(float(loss.detach()))
+    return total / len(order)
+
+
 def train(
     model: nn.Module,
     train_data: TensorDataset,
@@ -205,28 +221,25 @@ def train(
 
         bar = tqdm(total=epochs * ((n + batch_size - 1) // batch_size), unit="step", desc=f"training ({optimizer})", leave=False)
     was_training = model.training
-    steps_done = 0
     model.train()
+
+    steps = 0
+
+    def step(loss: float) -> None:
+        nonlocal steps
+        steps += 1
+        if on_step is not None:
+            on_step(steps, loss)
+        if bar is not None:
+            bar.update(1)
+
     try:
         with seeded(int(seed) + 1):
             for epoch in range(epochs):
-                order = torch.randperm(n, generator=gen)
-                total = 0.0
-                for lo in range(0, n, batch_size):
-                    idx = order[lo : lo + batch_size]
-                    opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x[idx]), y[idx])
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    if on_step is not None:
-                        steps_done += 1
-                        on_step(steps_done, float(loss.detach()))
-                    if bar is not None:
-                        bar.update(1)
-                result.epoch_loss.append(total / n)
+                mean = _epoch(model, opt, x, y, torch.randperm(n, generator=gen), batch_size, step)
+                result.epoch_loss.append(mean)
                 if log is not None:
-                    log(f"  epoch {epoch + 1}/{epochs}: training loss {total / n:.4f}")
+                    log(f"  epoch {epoch + 1}/{epochs}: training loss {mean:.4f}")
     finally:
         if bar is not None:
             bar.close()

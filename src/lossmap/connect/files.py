@@ -74,7 +74,6 @@ def load_result(path: str | Path, fmt: str):
     Returns:
         xarray.Dataset: the file's contents.
     """
-
     ds = read_netcdf(path, "file")
     if ds.attrs.get("lossmap_format") != fmt:
         raise LossmapError(f"{str(path)!r} is not a {fmt} file (format {ds.attrs.get('lossmap_format')!r}): pass the file that command wrote")

@@ -20,17 +20,18 @@ fail it with one line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import LossmapError
 from ..objective import HVP_METHODS, Objective
-from ..data.source import parse_bytes
-from .kept import KeptGraphs, default_budget
+from ..data.source import budget_bytes
+from .kept import KeptGraphs
 from .operator import HessianOperator
 from .trace import rademacher
 
@@ -79,7 +80,7 @@ class BoundHVP:
         method (str): the HVP method; the probe may set it to the faster one.
         reduce: the sum over torchrun ranks, or None.
         graphs (KeptGraphs | None): the kept gradient graphs (None: every product fresh).
-        fresh (bool): while True (the probe), products are fresh.
+        fresh (bool): while True (:meth:`fresh_products`, the probe), products are fresh.
     """
 
     def __init__(self, objective: Objective, point: dict[str, torch.Tensor], names: list[str], method: str,
@@ -87,6 +88,15 @@ class BoundHVP:
         self.objective, self.point, self.names, self.method, self.reduce = objective, point, names, method, reduce
         self.graphs = KeptGraphs(objective, point, budget) if budget > 0 else None
         self.fresh = False
+
+    @contextlib.contextmanager
+    def fresh_products(self) -> Iterator[None]:
+        """Every product fresh for the duration (the probe: kept graphs would only repeat themselves)."""
+        self.fresh = True
+        try:
+            yield
+        finally:
+            self.fresh = False
 
     def __call__(self, v: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         full = {n: v[n] if n in v else torch.zeros_like(self.point[n]) for n in self.objective.names}
@@ -134,9 +144,7 @@ def hessian_operator(objective: Objective, theta: Mapping[str, torch.Tensor] | N
     names = parameter_names(objective)
     point = objective._params(theta)
     template = {n: point[n] for n in names}
-    budget = parse_bytes(keep_memory)
-    budget = default_budget(objective.device) if budget is None else budget
-    bound = BoundHVP(objective, point, names, method, reduce, budget)
+    bound = BoundHVP(objective, point, names, method, reduce, budget_bytes(keep_memory, objective.device))
     return HessianOperator(bound, template, names if block is None else block)
 
 
@@ -177,9 +185,7 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
     v /= np.linalg.norm(v)
     bound = op.hvp if isinstance(op.hvp, BoundHVP) else None
     choose = bound is not None and bound.method == "auto"
-    if bound is not None:
-        bound.fresh = True  # two fresh passes over the data: kept graphs would only repeat themselves
-    try:
+    with bound.fresh_products() if bound is not None else contextlib.nullcontext():  # two passes over the data
         first, t_first = _timed(op, v)  # "auto": forward-over-reverse, or double backward where forward AD fails
         _check_finite(first)
         if choose:
@@ -187,9 +193,6 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
             choose = tried == "forward-over-reverse"
             bound.method = "double-backward"
         second, t_second = _timed(op, v)
-    finally:
-        if bound is not None:
-            bound.fresh = False
     op.count = before
     scale = float(np.linalg.norm(first))
     diff = float(np.linalg.norm(first - second))

@@ -21,24 +21,14 @@ from typing import Any
 
 import torch
 
-from ..data.source import Cached, available_bytes
+from ..data.source import Cached
 from ..objective import Objective
 
-__all__ = ["KeptGraphs", "default_budget"]
+__all__ = ["KeptGraphs"]
 
 log = logging.getLogger("lossmap")
 
 Params = dict[str, torch.Tensor]
-
-
-def default_budget(device: torch.device) -> int:
-    """A quarter of the free memory of ``device`` (of the host for the CPU), in bytes.
-
-    Example:
-        >>> default_budget(torch.device("cpu")) > 0
-        True
-    """
-    return available_bytes(device) // 4
 
 
 class _Counter:
@@ -73,7 +63,6 @@ class KeptGraphs:
     Attributes:
         kept (list): per kept batch, its gradient (a graph) and the positions of the tensors it depends on.
         sizes (list[int]): bytes each kept graph holds, in data order.
-        held (int): bytes the kept graphs hold (their sum).
         full (bool): the budget is spent (later batches are computed fresh).
 
     Example:
@@ -93,9 +82,13 @@ class KeptGraphs:
         self.budget = int(budget)
         self.kept: list[tuple[list[torch.Tensor], list[int]]] = []
         self.sizes: list[int] = []
-        self.held = 0
         self.full = budget <= 0
         self._known = {t.untyped_storage().data_ptr() for t in self.leaves.values()}
+
+    @property
+    def held(self) -> int:
+        """Bytes the kept graphs hold."""
+        return sum(self.sizes)
 
     def __call__(self, v: Params, method: str) -> Params:
         """``H v``: kept batches by one backward pass each, the others by ``method`` (fresh)."""
@@ -134,7 +127,6 @@ class KeptGraphs:
                      "more, the rest are computed fresh", len(self.kept), self.held / 2**20, self.budget / 2**20)
             return graph
         self._known |= counter.known
-        self.held += size
         self.sizes.append(size)
         self.kept.append(graph)
         return graph

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 from ..errors import LossmapError
 from .batches import Batch, iterate, make_batch, nbytes, rebatch, to_device, truncate
 
-__all__ = ["Source", "Cached", "Streamed", "make_source", "available_bytes", "parse_bytes", "PREFETCH", "CACHE_MODES"]
+__all__ = ["Source", "Cached", "Streamed", "make_source", "available_bytes", "parse_bytes", "budget_bytes", "PREFETCH",
+           "CACHE_MODES"]
 
 log = logging.getLogger("lossmap")
 
@@ -71,6 +72,18 @@ def parse_bytes(value: int | str | None) -> int | None:
     if unit not in _UNITS or amount < 0:
         raise LossmapError(f"memory budget {value!r} is not understood: write e.g. 2GB, 512MB or a number of bytes")
     return int(amount * _UNITS[unit])
+
+
+def budget_bytes(value: int | str | None, device: torch.device) -> int:
+    """A memory budget in bytes: ``value`` as :func:`parse_bytes` reads it; None: a quarter of the free memory of
+    ``device`` (of the host for the CPU), the default of every budget lossmap keeps.
+
+    Example:
+        >>> budget_bytes("1KB", torch.device("cpu")), budget_bytes(None, torch.device("cpu")) > 0
+        (1024, True)
+    """
+    budget = parse_bytes(value)
+    return available_bytes(device) // 4 if budget is None else budget
 
 
 class Source:
@@ -335,9 +348,7 @@ def make_source(
     if cache not in CACHE_MODES:
         raise LossmapError(f"cache mode {cache!r} is unknown: choose one of {', '.join(CACHE_MODES)}")
     device = torch.device(device)
-    budget = parse_bytes(memory_budget)
-    if budget is None:
-        budget = available_bytes(device) // 4
+    budget = budget_bytes(memory_budget, device)
     flagged = _shuffles(data) and _refuse_or_warn("is shuffled (a random sampler)", allow_nondeterministic)
     raws = iterate(data, batch_size)
     one_pass = iter(raws) is raws
