@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bottom", type=int, default=0, metavar="K",
                    help="smallest (most negative) eigenvalues with eigenvectors (default: 0)")
     p.add_argument("--tol", type=float, default=1e-3, metavar="T",
-                   help="relative tolerance of the eigenvalues (Lanczos/ARPACK; 0: machine precision; default: 1e-3)")
+                   help="relative tolerance of the eigenvalues (Lanczos, ARPACK's residual test; 0: machine precision; default: 1e-3)")
     p.add_argument("--trace", action="store_true", help="estimate the trace by Hutch++ with its standard error")
     p.add_argument("--trace-matvecs", type=int, default=99, metavar="M", help="HVPs of the trace estimate (default: 99)")
     p.add_argument("--density", action="store_true",

@@ -4,7 +4,7 @@
 what was asked for, on one :class:`~lossmap.curvature.operator.HessianOperator` of the objective:
 
 * the ``top`` largest and the ``bottom`` smallest (most negative) eigenvalues with unit eigenvectors
-  (Lanczos, ``scipy.sparse.linalg.eigsh``; the largest to ``‖Hx − λx‖ ≤ tol·|λ|``, the smallest to
+  (thick-restart Lanczos, :mod:`~lossmap.curvature.lanczos`; the largest to ``‖Hx − λx‖ ≤ tol·|λ|``, the smallest to
   ``tol·(λmax − λ)``, see :mod:`~lossmap.curvature.extremes`; start vectors drawn from ``seed``, so a run is
   reproducible);
 * the trace by Hutch++ with ``trace_matvecs`` HVPs and its standard error;
@@ -141,14 +141,14 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
         objective: model, data, loss and tensor selection (:class:`~lossmap.objective.Objective`).
         top, bottom: how many largest / smallest (most negative) eigenpairs (0: none); each below the
             parameter count.
-        tol: relative tolerance of the eigenvalues (ARPACK's ``tol``; 0: machine precision).
+        tol: relative tolerance of the eigenpairs (ARPACK's test ``‖Hx − λx‖ ≤ tol·|λ|``; 0: machine precision).
         trace_matvecs: HVPs of the Hutch++ trace estimate (None: no trace; at least 3).
         density_steps, density_runs: Lanczos steps and runs of the SLQ density (None: no density).
         per_layer: also the ``top``/``bottom`` eigenvalues (at least one each) of every module's block.
         theta: the point (``{name: tensor}`` over ``objective.names``).
         seed: seed of the Lanczos starts, the probe and the trace and density probes.
         method: the HVP method (``"auto"``, ``"forward-over-reverse"``, ``"double-backward"``).
-        ncv: Lanczos vectors per ARPACK restart (default ``max(2k + 1, 20)``).
+        ncv: Lanczos vectors held before a restart (default ``max(2k + 1, 20)``).
         reduce: sums HVPs over torchrun ranks (:class:`~lossmap.curvature.shards.RankSum`).
         probe: run the determinism probe first (False: trust the data and model).
         say: called with a line after each part (progress).

@@ -6,9 +6,10 @@ From a random unit vector ``v``, ``m`` Lanczos steps build a tridiagonal ``T`` w
 measure ``Σₖ τₖ² δ(λ − θₖ)`` approximates ``Σᵢ (uᵢᵀv)² δ(λ − λᵢ)``, whose expectation over ``v`` is the
 spectral density ``(1/n) Σᵢ δ(λ − λᵢ)``. One run's weights sum to 1; runs are averaged.
 
-Lanczos here keeps all its vectors and reorthogonalizes fully (twice) at every step, so the nodes are exact
-eigenvalues once ``m`` reaches the number of distinct eigenvalues that ``v`` touches; it stops early when the
-Krylov space becomes invariant (``β ≤ breakdown · ‖T‖``). Memory: ``m`` float64 vectors of length ``n``.
+Lanczos here keeps all its vectors and reorthogonalizes fully at every step
+(:func:`~lossmap.curvature.lanczos.orthogonalize`), so the nodes are exact eigenvalues once ``m`` reaches the
+number of distinct eigenvalues that ``v`` touches; it stops early when the Krylov space becomes invariant
+(``β ≤ breakdown · ‖T‖``). Memory: ``m`` float64 vectors of length ``n``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import LossmapError
+from .lanczos import orthogonalize
 from .operator import HessianOperator, quiet_blas
 from .trace import _generator, rademacher
 
@@ -76,13 +78,8 @@ def lanczos(op: HessianOperator, steps: int, start: np.ndarray, breakdown: float
     v = v / norm
     for j in range(m):
         basis[j] = v
-        w = op.matvec(v)
-        alpha.append(float(v @ w))
-        w -= alpha[-1] * v
-        if j > 0:
-            w -= beta[-1] * basis[j - 1]
-        for _ in range(2):
-            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        w, h = orthogonalize(basis[: j + 1], op.matvec(v))
+        alpha.append(float(h[j]))
         b = float(np.linalg.norm(w))
         scale = max(abs(a) for a in alpha) + (max(beta) if beta else 0.0)
         if j == m - 1 or b <= breakdown * scale:

@@ -72,7 +72,9 @@ class BoundHVP:
 
     Once the method is settled (by the probe, or given), products go through
     :class:`~lossmap.curvature.kept.KeptGraphs` when ``budget`` allows: each batch's gradient graph is built
-    once, and a later product is one backward pass through it. The probe's products are always fresh ones.
+    once, and a later product is one backward pass through it. The probe's first product is a fresh one; its
+    second builds the kept graphs (a double-backward product over a second pass of the data), so the two are
+    computed independently and the graphs cost no product of their own.
 
     Attributes:
         objective (Objective), point (dict): the objective and θ.
@@ -80,7 +82,7 @@ class BoundHVP:
         method (str): the HVP method; the probe may set it to the faster one.
         reduce: the sum over torchrun ranks, or None.
         graphs (KeptGraphs | None): the kept gradient graphs (None: every product fresh).
-        fresh (bool): while True (:meth:`fresh_products`, the probe), products are fresh.
+        fresh (bool): while True (:meth:`fresh_products`, the probe's first product), products are fresh.
     """
 
     def __init__(self, objective: Objective, point: dict[str, torch.Tensor], names: list[str], method: str,
@@ -91,7 +93,7 @@ class BoundHVP:
 
     @contextlib.contextmanager
     def fresh_products(self) -> Iterator[None]:
-        """Every product fresh for the duration (the probe: kept graphs would only repeat themselves)."""
+        """Every product fresh for the duration (the probe's first: it must not share the kept graphs)."""
         self.fresh = True
         try:
             yield
@@ -185,14 +187,14 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
     v /= np.linalg.norm(v)
     bound = op.hvp if isinstance(op.hvp, BoundHVP) else None
     choose = bound is not None and bound.method == "auto"
-    with bound.fresh_products() if bound is not None else contextlib.nullcontext():  # two passes over the data
+    with bound.fresh_products() if bound is not None else contextlib.nullcontext():
         first, t_first = _timed(op, v)  # "auto": forward-over-reverse, or double backward where forward AD fails
-        _check_finite(first)
-        if choose:
-            tried = bound.method = bound.objective._hvp_method
-            choose = tried == "forward-over-reverse"
-            bound.method = "double-backward"
-        second, t_second = _timed(op, v)
+    _check_finite(first)
+    if choose:
+        tried = bound.method = bound.objective._hvp_method
+        choose = tried == "forward-over-reverse"
+        bound.method = "double-backward"
+    second, t_second = _timed(op, v)  # a second pass over the data, building the kept graphs where there are any
     op.count = before
     scale = float(np.linalg.norm(first))
     diff = float(np.linalg.norm(first - second))

@@ -1,10 +1,11 @@
 """Curvature maps: the extreme Hessian eigenvalues at every point of a landscape grid (Li et al. 2018, §6).
 
 At each grid point ``θ(c) = θ0 + Σ cᵢ dᵢ`` the largest (``λmax``) and smallest (``λmin``) eigenvalues of the
-full Hessian are found by Lanczos (:func:`~lossmap.curvature.spectrum.top_eigen`). Points are visited in the
-grid's serpentine order, so consecutive points are neighbours, and each point's Lanczos starts from the
-previous point's eigenvector for the same end of the spectrum (a warm start: curvature directions change
-little between neighbouring points).
+full Hessian are found by Lanczos (:func:`~lossmap.curvature.extremes.largest` and
+:func:`~lossmap.curvature.extremes.smallest`). Points are visited in the grid's serpentine order, so
+consecutive points are neighbours, and each point's Lanczos starts from the previous point's eigenvector for
+the same end of the spectrum (a warm start: curvature directions change little between neighbouring points),
+mixed with a random start (:func:`~lossmap.curvature.extremes.warm_start`).
 
 Li et al. draw ``|λmin / λmax|``: near 0 where the surface is locally (almost) convex, large where there is
 significant negative curvature. The ratio is NaN where ``λmax == 0``; it is the plain absolute ratio, so a
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..grid import Grid
 from .operator import HessianOperator
-from .spectrum import top_eigen
+from .extremes import MAXITER, largest, smallest, warm_start
 
 __all__ = ["CurvatureMap", "curvature_map"]
 
@@ -45,7 +46,7 @@ class CurvatureMap:
 
 
 def curvature_map(operator_at: Callable[[np.ndarray], HessianOperator], grid: Grid, tol: float = 1e-6,
-                  maxiter: int | None = None, ncv: int | None = None, warm: bool = True,
+                  maxiter: int = MAXITER, ncv: int | None = None, warm: bool = True, seed: int = 0,
                   on_point: Callable[[int, int], None] | None = None) -> CurvatureMap:
     """λmax and λmin of the Hessian at every grid point, warm-starting each point from its neighbour.
 
@@ -53,10 +54,11 @@ def curvature_map(operator_at: Callable[[np.ndarray], HessianOperator], grid: Gr
         operator_at: ``operator_at(c) -> HessianOperator`` at ``θ0 + Σ cᵢ dᵢ`` for a float64 coefficient
             vector ``c`` of length ``grid.ndim`` (the caller builds θ and binds it into the HVP).
         grid: the points (:class:`lossmap.grid.Grid`), visited in ``grid.serpentine()`` order.
-        tol: relative tolerance of each eigenvalue (see :func:`~lossmap.curvature.spectrum.top_eigen`).
-        maxiter: ARPACK restart limit per eigenvalue.
-        ncv: Lanczos vectors per restart (default ARPACK's ``min(n, 20)`` for one eigenvalue).
+        tol: relative tolerance: of λmax, and of λmax − λmin for λmin (see :mod:`~lossmap.curvature.extremes`).
+        maxiter: Lanczos restart limit per eigenvalue.
+        ncv: Lanczos vectors held before a restart (default ``min(n, 20)``).
         warm: start each point's Lanczos from the previous point's eigenvectors (False: random starts).
+        seed: seed of the random starts.
         on_point: called as ``on_point(done, total)`` after each point (progress display).
 
     Returns:
@@ -73,15 +75,16 @@ def curvature_map(operator_at: Callable[[np.ndarray], HessianOperator], grid: Gr
     lmax = np.full(grid.size, np.nan)
     lmin = np.full(grid.size, np.nan)
     hvps = np.zeros(grid.size, dtype=np.int64)
-    start = {"LA": None, "SA": None}
+    start: dict[str, np.ndarray | None] = {"top": None, "bottom": None}
     order = grid.serpentine()
     for done, p in enumerate(order, start=1):
         op = operator_at(np.array(coeffs[p], dtype=np.float64))
-        for which in ("LA", "SA"):
-            eig = top_eigen(op, k=1, which=which, tol=tol, v0=start[which], maxiter=maxiter, ncv=ncv)
-            (lmax if which == "LA" else lmin)[p] = eig.values[0]
-            hvps[p] += eig.hvps
-            start[which] = eig.flat[:, 0] if warm else None
+        top = largest(op, 1, tol, seed, v0=warm_start(start["top"], seed, "top"), ncv=ncv, maxiter=maxiter)
+        bottom = smallest(op, 1, tol, seed, v0=warm_start(start["bottom"], seed, "bottom"), ncv=ncv,
+                          sigma=float(top.values[0]), maxiter=maxiter)
+        lmax[p], lmin[p], hvps[p] = top.values[0], bottom.values[0], top.hvps + bottom.hvps
+        if warm:
+            start = {"top": top.flat[:, 0], "bottom": bottom.flat[:, 0]}
         if on_point is not None:
             on_point(done, len(order))
     with np.errstate(divide="ignore", invalid="ignore"):

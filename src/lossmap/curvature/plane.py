@@ -2,7 +2,8 @@
 
 :func:`curvature_landscape` finds λmax and λmin of the Hessian (with respect to the selected parameters) at
 every point ``θ0 + Σ cᵢ dᵢ`` of a grid, in the grid's serpentine order, each point's Lanczos warm-started
-from the previous point's eigenvectors (neighbours' curvature directions differ little). It can start from a
+from the previous point's eigenvectors (neighbours' curvature directions differ little; each is mixed with an
+equal share of a random start, :func:`~lossmap.curvature.extremes.warm_start`). It can start from a
 partial result (points already done are skipped; the first pending point starts cold) and hands its state to
 a ``checkpoint`` callback as it goes, so a long map can be saved and resumed. Li et al. (2018) draw
 ``|λmin / λmax|``: near 0 where the surface is locally convex, large where negative curvature is significant.
@@ -31,7 +32,7 @@ from ..grid import Grid
 from ..objective import Objective
 from ..space import tensor_hash
 from .analysis import Spectrum, spectrum_of
-from .extremes import largest, smallest
+from .extremes import largest, smallest, warm_start
 from .hessian import Reduce, check_deterministic, hessian_operator
 from .results import hessian_directions
 
@@ -137,8 +138,8 @@ def curvature_landscape(objective: Objective, directions: Sequence[Mapping[str, 
             if not probed:
                 check_deterministic(op, seed)
                 method, probed = op.hvp.method, True
-            top = largest(op, 1, tol, seed, v0=warm["top"])
-            bottom = smallest(op, 1, tol, seed, v0=warm["bottom"], sigma=float(top.values[0]))
+            top = largest(op, 1, tol, seed, v0=warm_start(warm["top"], seed, "top"))
+            bottom = smallest(op, 1, tol, seed, v0=warm_start(warm["bottom"], seed, "bottom"), sigma=float(top.values[0]))
             warm["top"], warm["bottom"] = top.flat[:, 0], bottom.flat[:, 0]
             state.lmax[p], state.lmin[p], state.hvps[p], state.done[p] = top.values[0], bottom.values[0], op.count, True
             state.method, state.seconds = method, time.monotonic() - began
