@@ -14,7 +14,6 @@ replace it. Restarts are capped (``maxiter``); a run that does not converge rais
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,8 +25,6 @@ from .operator import HessianOperator, quiet_blas
 from .spectrum import Eigen, _check_k, _signed
 
 __all__ = ["largest", "smallest", "shifted", "start", "warm_start", "MAXITER"]
-
-log = logging.getLogger("lossmap")
 
 #: Lanczos restarts allowed per call (each costs about (ncv − k) / 2 HVPs)
 MAXITER = 300
