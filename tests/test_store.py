@@ -69,3 +69,22 @@ def test_truncated_and_foreign_files(tmp_path, landscape):
         lossmap.load(foreign)
     with pytest.raises(LossmapError, match="does not exist"):
         lossmap.load(tmp_path / "missing.nc")
+
+
+@pytest.mark.parametrize("fmt, reader", [("lossmap.hessian", "lossmap.curvature.results.load_spectrum"),
+                                         ("lossmap.connect", "lossmap.connect.files.load_result"),
+                                         ("lossmap.curve", "lossmap.connect.files.load_result")])
+def test_another_lossmap_file_given_as_a_landscape_names_its_reader(tmp_path, fmt, reader, capsys):
+    import importlib
+
+    path = tmp_path / "other.nc"
+    xr.Dataset({"t": ("x", np.arange(3.0))}, attrs={"lossmap_format": fmt}).to_netcdf(path, engine="h5netcdf")
+    with pytest.raises(LossmapError, match=reader.replace(".", r"\.")):
+        lossmap.load(path)
+    module, name = reader.rsplit(".", 1)
+    assert callable(getattr(importlib.import_module(module), name))  # the hint names a real function
+    from lossmap.cli import main
+
+    assert main(["plot", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and reader in err[0]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -300,3 +302,21 @@ def test_moving_the_slider_in_a_browser_shortens_the_path(env, tmp_path, capsys)
     found = re.search(r'<pre id="probe">before (\d+) after (\d+)</pre>', proc.stdout)
     assert found, proc.stdout[-500:]
     assert (int(found.group(1)), int(found.group(2))) == (7, 3)  # SGD: steps 0…12 by 2; up to step 4: 0, 2, 4
+
+
+def test_commands_that_only_read_files_do_not_import_torch(env, tmp_path):
+    """Drawing a stored landscape or trajectory needs xarray and matplotlib; importing torch would add seconds
+    to every plot, report and animation."""
+    code = textwrap.dedent(f"""
+        import sys
+        from lossmap.cli import main
+        traj = {str(env['out'])!r}
+        for argv in (["plot", traj, "--kind", "trajectory", "--out", "t.png"], ["animate", traj, "--out", "t.gif"],
+                     ["report", traj, "--out", "t.html"], ["info", traj], ["plot", traj, "--out", "all"],
+                     ["export", traj, "--format", "vtu", "--out", "t.vtu"]):
+            assert main(argv) == 0, argv
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -12,16 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import xarray as xr
 
 from . import store
-from .directions import Directions
 from .errors import LossmapError
 from .settings import differences
 from .uncertainty import pointwise
+
+if TYPE_CHECKING:  # torch is imported by the commands that compute, not by those that read files
+    from .directions import Directions
 
 __all__ = ["Sink", "existing", "save_directions"]
 

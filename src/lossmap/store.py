@@ -41,6 +41,14 @@ from .files import atomic_path, check_output, read_netcdf
 
 FORMAT = "lossmap.landscape"
 FORMAT_VERSION = 1
+#: lossmap's other netCDF files: what each holds and where it is read (for the message when one is given as a landscape)
+OTHER_FORMATS = {
+    "lossmap.hessian": "a Hessian spectrum (lossmap hessian): read it with lossmap.curvature.results.load_spectrum",
+    "lossmap.connect": "barriers between two models (lossmap connect draws its figures itself): read it with "
+                       "lossmap.connect.files.load_result(path, 'lossmap.connect')",
+    "lossmap.curve": "a trained curve (lossmap curve draws its figures itself): read it with "
+                     "lossmap.connect.files.load_result(path, 'lossmap.curve')",
+}
 #: attributes stored as JSON strings
 JSON_ATTRS = ("metrics", "moved_tensors", "versions", "markers", "settings", "higher_is_better")
 
@@ -365,6 +373,8 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> None:
         lossmap.errors.LossmapError: my.nc is not a lossmap landscape (no 'lossmap.landscape' format attribute): was it written by lossmap?
     """
     fmt = ds.attrs.get("lossmap_format")
+    if fmt in OTHER_FORMATS:
+        raise LossmapError(f"{source} is not a landscape but {OTHER_FORMATS[fmt]}")
     if fmt != FORMAT:
         raise LossmapError(f"{source} is not a lossmap landscape (no '{FORMAT}' format attribute): was it written by lossmap?")
     version = int(ds.attrs.get("lossmap_format_version", -1))

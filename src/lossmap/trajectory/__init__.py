@@ -9,23 +9,39 @@
 >>> paths = read_paths(ds)                                               # doctest: +SKIP
 
 Importing this package imports neither PyTorch Lightning nor transformers (their callbacks live in
-:mod:`lossmap.trajectory.callbacks`) nor matplotlib (the figures import it when they draw).
+:mod:`lossmap.trajectory.callbacks`) nor matplotlib (the figures import it when they draw); the names below load
+on first use, so reading and drawing a stored trajectory does not import torch.
 """
 
 from __future__ import annotations
 
-from .animation import animate
-from .figures import plot_path, plot_path_surface, trajectory_figure
-from .landscape import TrajectoryResult, evaluate_checkpoints, trajectory_landscape, trajectory_run
-from .pca import Plane, RunCoordinates, load_origin, plane_axes, select_names, trajectory_plane
-from .record import Recorder, Schedule
-from .run import Checkpoint, Run, load_run
-from .stored import TrajectoryPath, has_trajectory, read_paths
+import importlib
+from typing import Any
 
-__all__ = [
-    "Recorder", "Schedule", "load_run", "Run", "Checkpoint",
-    "trajectory_plane", "Plane", "RunCoordinates", "plane_axes", "load_origin", "select_names",
-    "plot_path", "plot_path_surface", "trajectory_figure", "animate",
-    "trajectory_landscape", "trajectory_run", "TrajectoryResult", "evaluate_checkpoints",
-    "read_paths", "has_trajectory", "TrajectoryPath",
-]
+#: public name → the module that defines it
+_EXPORTS = {
+    "Recorder": "record", "Schedule": "record",
+    "load_run": "run", "Run": "run", "Checkpoint": "run",
+    "trajectory_plane": "pca", "Plane": "pca", "RunCoordinates": "pca", "plane_axes": "pca", "load_origin": "pca",
+    "select_names": "pca",
+    "plot_path": "figures", "plot_path_surface": "figures", "trajectory_figure": "figures",
+    "animate": "animation",
+    "trajectory_landscape": "landscape", "trajectory_run": "landscape", "TrajectoryResult": "landscape",
+    "evaluate_checkpoints": "landscape",
+    "read_paths": "stored", "has_trajectory": "stored", "TrajectoryPath": "stored",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -47,7 +47,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
-from scipy import stats as sps
 
 from .. import stats as lstats
 from ..errors import LossmapError
@@ -251,6 +250,8 @@ def describe(values, level: float = 0.9, method: str = "t", seed: int = 0, resam
                q90=float(np.quantile(finite, 0.9)))
     alpha = 1.0 - level
     if method == "t":
+        from scipy import stats as sps  # on first use: it takes a second to import
+
         half = float(sps.t.ppf(1 - alpha / 2, k - 1)) * sd / math.sqrt(k)
         out.update(ci_low=mu - half, ci_high=mu + half)
     else:
@@ -337,6 +338,8 @@ def compare(a, b, paired: bool = False, alpha: float = 0.05, names: tuple[str, s
         x, y = x[~np.isnan(x)], y[~np.isnan(y)]
     _seeds(x, f"model {names[0]} (finite values)")
     _seeds(y, f"model {names[1]} (finite values)")
+    from scipy import stats as sps
+
     with warnings.catch_warnings():  # scipy warns on (nearly) identical values; the result below covers them
         warnings.simplefilter("ignore", RuntimeWarning)
         if paired:
