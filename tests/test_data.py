@@ -38,6 +38,25 @@ def test_digits_split_is_disjoint_and_mnist_shaped():
         digits("val")
 
 
+@pytest.mark.parametrize("test_fraction, seed", [(0.2, 0), (0.3, 4)])
+def test_digits_are_scikit_learns_images_in_its_stratified_split(test_fraction, seed):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    _, test_idx = train_test_split(np.arange(1797), test_size=test_fraction, random_state=seed, stratify=bunch.target)
+    test = digits("test", test_fraction=test_fraction, seed=seed)
+    train = digits("train", test_fraction=test_fraction, seed=seed)
+    order = np.sort(test_idx)
+    assert test.tensors[1].tolist() == bunch.target[order].tolist()
+    assert len(train) == 1797 - len(order)
+    # as documented: scaled to 20x20 (bilinear), centred in a blank 28x28 frame, normalized like MNIST
+    small = torch.from_numpy(bunch.images[order] / 16.0).float()[:, None]
+    big = torch.nn.functional.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
+    expected = (torch.nn.functional.pad(big, (4, 4, 4, 4)) - MNIST_MEAN) / MNIST_STD
+    torch.testing.assert_close(test.tensors[0], expected, rtol=0, atol=1e-6)
+
+
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
     header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(np.uint8).tobytes()

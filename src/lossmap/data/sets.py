@@ -7,6 +7,7 @@ Every loader returns a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` wit
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import struct
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,46 @@ def _split_name(split: str) -> str:
     return split
 
 
+#: the default split (test_fraction 0.2, seed 0) as a bit mask over the 1,797 images (1 = test), packed
+#: big-endian: scikit-learn's ``train_test_split(range(1797), test_size=0.2, random_state=0, stratify=target)``,
+#: kept here so that loading the data needs no import of scikit-learn (over a second of every command that
+#: reads digits); tests/test_data.py checks it against scikit-learn's own split
+_DEFAULT_TEST_MASK = (
+    "000004883524104000064100934205001a00080100240028062c12001000940a009019120420f8a0028110a000080a8820441524494240a0"
+    "0a0000004004d80000818020004805c400104008a0100005404800301000020ec409000224840083a8013c20a6980a0000000b08400804a0"
+    "184802024041c1008004404684376a810216004480004042a0a4180a5000840b8561c608108008004c80c02004068e00010882008100380"
+    "803c008190000100e01008410a0210033282904c044c080680e0102830082008822a6402c24042108a860809081a00c02820242120138a41500"
+)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits as ``(pixels [N, 64] in 0..16, labels [N] int64)``, read from the file scikit-learn
+    ships (``sklearn/datasets/data/digits.csv.gz``: 64 pixels and the label per row) without importing it."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise LossmapError("the digits data set comes with scikit-learn, which is not installed: pip install scikit-learn")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # a scikit-learn that keeps it elsewhere: ask it
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.data, bunch.target.astype(np.int64)
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def _digits_test_mask(target: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Which images form the test split: a stratified shuffle split (scikit-learn's), stored for the default."""
+    if test_fraction == 0.2 and seed == 0 and len(target) == 1797:
+        return np.unpackbits(np.frombuffer(bytes.fromhex(_DEFAULT_TEST_MASK), dtype=np.uint8))[: len(target)].astype(bool)
+    from sklearn.model_selection import train_test_split
+
+    _, test_idx = train_test_split(np.arange(len(target)), test_size=test_fraction, random_state=seed, stratify=target)
+    mask = np.zeros(len(target), dtype=bool)
+    mask[test_idx] = True
+    return mask
+
+
 def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> TensorDataset:
     """scikit-learn's 8×8 digits (1,797 images), resized to MNIST's 28×28 layout.
 
@@ -54,18 +95,14 @@ def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> T
         >>> len(test), tuple(test[0][0].shape)
         (360, (1, 28, 28))
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     _split_name(split)
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    pixels, target = _digits_arrays()
+    images = torch.from_numpy(pixels.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0)
+    labels = torch.from_numpy(target)
     images = F.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False).clamp_(0, 1)
     images = F.pad(images, (4, 4, 4, 4))
-    idx = np.arange(len(labels))
-    train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=bunch.target)
-    chosen = torch.from_numpy(np.sort(train_idx if split == "train" else test_idx))
+    in_test = _digits_test_mask(target, test_fraction, seed)
+    chosen = torch.from_numpy(np.flatnonzero(~in_test if split == "train" else in_test))
     return TensorDataset(_normalize(images[chosen]).contiguous(), labels[chosen].contiguous())
 
 
