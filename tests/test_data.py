@@ -57,6 +57,36 @@ def test_digits_are_scikit_learns_images_in_its_stratified_split(test_fraction, 
     torch.testing.assert_close(test.tensors[0], expected, rtol=0, atol=1e-6)
 
 
+def test_digits_from_a_scikit_learn_that_keeps_its_file_elsewhere_are_the_same(monkeypatch, tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    import sklearn.datasets
+
+    from lossmap.data import sets
+
+    before = digits("test")
+    real, asked = importlib.util.find_spec, []
+
+    def moved(name, *args):
+        if name != "sklearn":
+            return real(name, *args)
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)  # a package folder without the file
+        spec.submodule_search_locations = [str(tmp_path)]
+        return spec
+
+    def load_digits(*args, **kwargs):
+        asked.append(True)
+        return real_load(*args, **kwargs)
+
+    real_load = sklearn.datasets.load_digits
+    monkeypatch.setattr(sets.importlib.util, "find_spec", moved)
+    monkeypatch.setattr(sklearn.datasets, "load_digits", load_digits)
+    after = digits("test")
+    assert asked  # scikit-learn was asked for the data
+    assert torch.equal(before.tensors[0], after.tensors[0]) and torch.equal(before.tensors[1], after.tensors[1])
+
+
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
     header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(np.uint8).tobytes()

@@ -10,8 +10,7 @@ does not import torch, xarray or matplotlib until something needs them.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_names
 
 __version__ = "0.2.0"
 
@@ -33,16 +32,9 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lossmap' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups find it without coming here
+def _loaded(name: str) -> None:
     if name in ("compute", "load"):
         from . import accessor  # noqa: F401 - registers ds.lossmap on first use of a landscape
-    return value
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS, _loaded)
