@@ -283,6 +283,28 @@ def test_the_probe_refuses_randomness_and_picks_a_method():
     one_line(lambda: check_deterministic(hessian_operator(obj, bad)), "non-finite")
 
 
+def test_the_probe_product_is_the_first_lanczos_product():
+    # the probe multiplies the top run's start vector: with the probe, the run needs one HVP less and finds
+    # the same eigenvalues (the Krylov sequence is the same); against the float64 autograd Hessian
+    model, x, y = _mlp(8)
+    ref = np.linalg.eigvalsh(dense_hessian(model, x, y))[::-1][:3]
+    probed = spectrum_of(Objective(model, (x, y)), top=3, tol=1e-10, method="double-backward")
+    bare = spectrum_of(Objective(model, (x, y)), top=3, tol=1e-10, method="double-backward", probe=False)
+    assert probed.probe_hvps == 2 and probed.top.hvps == bare.top.hvps - 1
+    np.testing.assert_allclose(probed.top.values, bare.top.values, rtol=1e-12)
+    np.testing.assert_allclose(probed.top.values, ref, rtol=1e-8)
+    op = hessian_operator(Objective(model, (x, y)))
+    v = np.random.default_rng(0).standard_normal(op.shape[0])
+    check_deterministic(op, v=v)
+    u = np.nextafter(v / np.linalg.norm(v), np.inf)  # normalized elsewhere, it may differ in the last bit
+    np.testing.assert_allclose(op.matvec(u), dense_hessian(model, x, y) @ u, rtol=1e-8, atol=1e-12)
+    assert op.count == 0
+    check_deterministic(op, v=v)
+    op.matvec(v)  # another vector first: the probe's product is forgotten, the next product of v is computed
+    op.matvec(v / np.linalg.norm(v))
+    assert op.count == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_spectrum_on_cuda_matches_the_cpu_dense_hessian():

@@ -29,7 +29,7 @@ from ..objective import Objective
 from .density import SLQ, slq
 from .hessian import Reduce, check_deterministic, hessian_operator
 from .operator import HessianOperator, layer_blocks
-from .extremes import largest, smallest
+from .extremes import largest, smallest, start
 from .spectrum import Eigen, dense_matrix
 from .trace import TraceEstimate, hutchpp
 
@@ -189,7 +189,8 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
         seconds[part] = round(now - clock, 3)
         clock = now
 
-    probe_hvps = check_deterministic(op, seed) if probe else 0
+    # the probe multiplies the top's Lanczos start, whose first product it then gives for free
+    probe_hvps = check_deterministic(op, seed, v=start(seed, n, "top") if top else None) if probe else 0
     lap("probe")
     found_top = largest(op, top, tol, seed, ncv=ncv) if top else None
     lap("top")

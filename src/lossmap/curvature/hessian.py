@@ -162,7 +162,8 @@ def _timed(op: HessianOperator, v: np.ndarray) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - start
 
 
-def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None = None) -> int:
+def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None = None,
+                        v: np.ndarray | None = None) -> int:
     """Two HVPs with the same random vector must be finite and agree to ``rtol``; raise one line otherwise.
 
     When the operator's method is ``"auto"`` the two products are one forward-over-reverse and one double
@@ -173,6 +174,9 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
         op: the operator (its product count is left as it was: the probe is not part of any analysis).
         seed: seed of the probe's Rademacher vector.
         rtol: relative tolerance on ``‖Hv − Hv'‖ / ‖Hv‖`` (default :func:`probe_tolerance`).
+        v: the probe's vector (normalized here; default a Rademacher vector from ``seed``). Give the start of the
+            Lanczos run that follows: the operator remembers the second product
+            (:meth:`~lossmap.curvature.operator.HessianOperator.remember`), so that run's first product is free.
 
     Returns:
         int: the HVPs the probe used (2).
@@ -183,8 +187,8 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
         2
     """
     before = op.count
-    v = rademacher(np.random.default_rng(seed), op.shape[0])
-    v /= np.linalg.norm(v)
+    v = rademacher(np.random.default_rng(seed), op.shape[0]) if v is None else np.asarray(v, dtype=np.float64)
+    v = v / np.linalg.norm(v)
     bound = op.hvp if isinstance(op.hvp, BoundHVP) else None
     choose = bound is not None and bound.method == "auto"
     with bound.fresh_products() if bound is not None else contextlib.nullcontext():
@@ -210,6 +214,7 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
         bound.objective._hvp_method = bound.method
         log.info("HVP method: %s (forward-over-reverse %.3g s, double backward %.3g s on the probe)", bound.method,
                  t_first, t_second)
+    op.remember(v, second)
     return 2
 
 

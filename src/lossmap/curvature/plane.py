@@ -32,7 +32,7 @@ from ..grid import Grid
 from ..objective import Objective
 from ..space import tensor_hash
 from .analysis import Spectrum, spectrum_of
-from .extremes import largest, smallest, warm_start
+from .extremes import largest, smallest, start, warm_start
 from .hessian import Reduce, check_deterministic, hessian_operator
 from .results import hessian_directions
 
@@ -135,8 +135,8 @@ def curvature_landscape(objective: Objective, directions: Sequence[Mapping[str, 
                 continue
             op = hessian_operator(objective, _point(objective, directions[: grid.ndim], coeffs[p]), method=method, reduce=reduce,
                                   keep_memory=keep_memory)
-            if not probed:
-                check_deterministic(op, seed)
+            if not probed:  # on the (cold) start of this point's top Lanczos run, which then gets that product free
+                check_deterministic(op, seed, v=start(seed, op.shape[0], "top"))
                 method, probed = op.hvp.method, True
             top = largest(op, 1, tol, seed, v0=warm_start(warm["top"], seed, "top"))
             bottom = smallest(op, 1, tol, seed, v0=warm_start(warm["bottom"], seed, "bottom"), sigma=float(top.values[0]))
