@@ -9,6 +9,7 @@ restored afterwards). The same seed on the same machine and torch version gives 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -146,6 +147,33 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: tor
     return total / len(order)
 
 
+@contextlib.contextmanager
+def _stepper(on_step: Callable[[int, float], None] | None, bar_total: int | None,
+             desc: str) -> Iterator[Callable[[float], None]]:
+    """``step(loss)`` for :func:`_epoch`: numbers the steps from 1, calls ``on_step(step, loss)`` and moves a
+    progress bar of ``bar_total`` steps (None: no bar), closed when the block ends."""
+    bar = None
+    if bar_total is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=bar_total, unit="step", desc=desc, leave=False)
+    steps = 0
+
+    def step(loss: float) -> None:
+        nonlocal steps
+        steps += 1
+        if on_step is not None:
+            on_step(steps, loss)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        yield step
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def train(
     model: nn.Module,
     train_data: TensorDataset,
@@ -198,8 +226,6 @@ def train(
         >>> result.test_accuracy > 0.9
         True
     """
-    import time
-
     if optimizer not in OPTIMIZERS:
         raise LossmapError(f"optimizer {optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}")
     if epochs < 1 or batch_size < 1:
@@ -207,42 +233,21 @@ def train(
     x, y = train_data.tensors
     n = len(y)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = (
-        torch.optim.Adam(params, lr=lr)
-        if optimizer == "adam"
-        else torch.optim.SGD(params, lr=lr, momentum=momentum)
-    )
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=momentum)
     gen = torch.Generator().manual_seed(int(seed))
     result = TrainResult(epochs=epochs, optimizer=optimizer, batch_size=batch_size, lr=lr)
     start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * ((n + batch_size - 1) // batch_size), unit="step", desc=f"training ({optimizer})", leave=False)
+    bar_total = epochs * ((n + batch_size - 1) // batch_size) if progress else None
     was_training = model.training
     model.train()
-
-    steps = 0
-
-    def step(loss: float) -> None:
-        nonlocal steps
-        steps += 1
-        if on_step is not None:
-            on_step(steps, loss)
-        if bar is not None:
-            bar.update(1)
-
     try:
-        with seeded(int(seed) + 1):
+        with seeded(int(seed) + 1), _stepper(on_step, bar_total, f"training ({optimizer})") as step:
             for epoch in range(epochs):
                 mean = _epoch(model, opt, x, y, torch.randperm(n, generator=gen), batch_size, step)
                 result.epoch_loss.append(mean)
                 if log is not None:
                     log(f"  epoch {epoch + 1}/{epochs}: training loss {mean:.4f}")
     finally:
-        if bar is not None:
-            bar.close()
         model.train(was_training)
     result.seconds = time.perf_counter() - start
     result.train_loss, result.train_accuracy = accuracy(model, train_data)

@@ -51,13 +51,7 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
         ['run 1', 'run 2']
     """
     datasets = list(datasets)
-    if not datasets:
-        raise LossmapError("nothing to compare: give at least one landscape")
-    if titles is None:
-        titles = [f"landscape {i + 1}" for i in range(len(datasets))]
-    titles = [str(t) for t in titles]
-    if len(titles) != len(datasets):
-        raise LossmapError(f"{len(titles)} titles for {len(datasets)} landscapes: give one title per landscape")
+    titles = _titles(datasets, titles)
     require_same_grid(datasets, titles, metric)
     two_d = _is_2d(datasets[0])
     kinds = ("contour", "contourf", "heatmap", "surface")
@@ -73,7 +67,24 @@ def plot_compare(datasets: Sequence[xr.Dataset], titles: Sequence[str] | None = 
 
     if not two_d:
         return _overlaid(datasets, raw, titles, metric, log)
+    return _side_by_side(datasets, raw, titles, metric, kind, log, levels)
 
+
+def _titles(datasets: list[xr.Dataset], titles: Sequence[str] | None) -> list[str]:
+    """One title per landscape (default ``landscape 1``, ``landscape 2``, …)."""
+    if not datasets:
+        raise LossmapError("nothing to compare: give at least one landscape")
+    if titles is None:
+        titles = [f"landscape {i + 1}" for i in range(len(datasets))]
+    titles = [str(t) for t in titles]
+    if len(titles) != len(datasets):
+        raise LossmapError(f"{len(titles)} titles for {len(datasets)} landscapes: give one title per landscape")
+    return titles
+
+
+def _side_by_side(datasets: list[xr.Dataset], raw: list[np.ndarray], titles: list[str], metric: str, kind: str,
+                  log: bool, levels: int | Sequence[float] | None) -> Figure:
+    """2-D landscapes as panels of one kind sharing levels, norm and a colour bar."""
     lo, hi = _value_range(raw, metric, log, None, None, _higher_is_better(datasets[0], metric))
     lv = _levels(levels, lo, hi, log)
     n = len(datasets)

@@ -75,30 +75,15 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     twin = ax.twinx() if right else None
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     handles = []
-    two_d = _is_2d(ds)
     xs = ds["x"].values.astype(np.float64)
-
-    if two_d:
-        ys = ds["y"].values.astype(np.float64)
-        iy, ix = int(np.argmin(np.abs(ys))), int(np.argmin(np.abs(xs)))
-        xl, yl = _axis_label(ds, "x"), _axis_label(ds, "y")
-
+    sections = _sections(ds, xs) if _is_2d(ds) else None
     left_arrays, right_arrays = [], []
     for i, metric in enumerate(left + right):
         target = ax if metric in left else twin
         use_log = log and metric in left and not _higher_is_better(ds, metric)
         values = _line_values(ds, metric, use_log)
-        color = colors[i % len(colors)]
         (left_arrays if metric in left else right_arrays).append(values)
-        if not two_d:
-            (h,) = target.plot(xs, values, color=color, lw=2, marker="." if xs.size <= 60 else None, label=metric)
-            handles.append(h)
-        else:
-            (h1,) = target.plot(xs, values[:, iy], color=color, lw=2, ls="-",
-                                label=f"{metric} along {xl.split()[0]} ({yl.split()[0]} = {_fmt(ys[iy])})")
-            (h2,) = target.plot(ys, values[ix, :], color=color, lw=2, ls="--",
-                                label=f"{metric} along {yl.split()[0]} ({xl.split()[0]} = {_fmt(xs[ix])})")
-            handles += [h1, h2]
+        handles += _draw(target, xs, values, metric, colors[i % len(colors)], sections)
         if use_log:
             target.set_yscale("log")
 
@@ -109,9 +94,9 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     elif all(_higher_is_better(ds, m) for m in left):
         _style_accuracy_axis(ax, left_arrays)
 
-    if two_d:
+    if sections is not None:
         ax.set_xlabel(f"{_axis_label(ds, 'x')}  /  {_axis_label(ds, 'y')}")
-        _mark_positions(ax, _on_sections(ds, xs, ys, ix, iy))
+        _mark_positions(ax, _on_sections(ds, xs, *sections[:3]))
     else:
         ax.set_xlabel(_axis_label(ds, "x"))
         _mark_positions(ax, {label: pos[0] for label, pos in _markers(ds).items()})
@@ -119,6 +104,27 @@ def plot_line(ds: xr.Dataset, ax: Any = None, log: bool = False, metrics: Sequen
     ax.set_title(describe(ds))
     _legend(fig, ax if twin is None else twin, handles, own_figure)
     return fig, ax
+
+
+def _sections(ds: xr.Dataset, xs: np.ndarray) -> tuple[np.ndarray, int, int, str, str]:
+    """A plane's central cross-sections: ``(ys, ix, iy, x label, y label)``, ``ix``/``iy`` the coefficients
+    nearest 0."""
+    ys = ds["y"].values.astype(np.float64)
+    return ys, int(np.argmin(np.abs(xs))), int(np.argmin(np.abs(ys))), _axis_label(ds, "x"), _axis_label(ds, "y")
+
+
+def _draw(target: Any, xs: np.ndarray, values: np.ndarray, metric: str, color: str,
+          sections: tuple[np.ndarray, int, int, str, str] | None) -> list:
+    """One metric's curve (1-D), or its two central cross-sections (a plane: solid along x, dashed along y)."""
+    if sections is None:
+        (h,) = target.plot(xs, values, color=color, lw=2, marker="." if xs.size <= 60 else None, label=metric)
+        return [h]
+    ys, ix, iy, xl, yl = sections
+    (h1,) = target.plot(xs, values[:, iy], color=color, lw=2, ls="-",
+                        label=f"{metric} along {xl.split()[0]} ({yl.split()[0]} = {_fmt(ys[iy])})")
+    (h2,) = target.plot(ys, values[ix, :], color=color, lw=2, ls="--",
+                        label=f"{metric} along {yl.split()[0]} ({xl.split()[0]} = {_fmt(xs[ix])})")
+    return [h1, h2]
 
 
 def _half_step(c: np.ndarray, i: int) -> float:
