@@ -179,7 +179,7 @@ class HessianOperator:
         return flatten(tensors, self.names)
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
-        """``H x`` (float64) for a flat vector ``x``; counts one HVP."""
+        """``H x`` (float64) for a flat vector ``x``; counts one HVP (none when :meth:`remember` had it)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         known, self._known = self._known, None
         if known is not None and known[0].shape == x.shape and (
