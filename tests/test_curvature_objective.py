@@ -293,6 +293,11 @@ def test_the_probe_product_is_the_first_lanczos_product():
     assert probed.probe_hvps == 2 and probed.top.hvps == bare.top.hvps - 1
     np.testing.assert_allclose(probed.top.values, bare.top.values, rtol=1e-12)
     np.testing.assert_allclose(probed.top.values, ref, rtol=1e-8)
+    # without a top run, the bottom's shift run (λmax from the same start) gets it
+    low = spectrum_of(Objective(model, (x, y)), top=0, bottom=2, tol=1e-10, method="double-backward")
+    low_bare = spectrum_of(Objective(model, (x, y)), top=0, bottom=2, tol=1e-10, method="double-backward", probe=False)
+    assert low.bottom.hvps == low_bare.bottom.hvps - 1
+    np.testing.assert_allclose(low.bottom.values, np.sort(np.linalg.eigvalsh(dense_hessian(model, x, y)))[:2], rtol=1e-8)
     op = hessian_operator(Objective(model, (x, y)))
     v = np.random.default_rng(0).standard_normal(op.shape[0])
     check_deterministic(op, v=v)

@@ -189,8 +189,9 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
         seconds[part] = round(now - clock, 3)
         clock = now
 
-    # the probe multiplies the top's Lanczos start, whose first product it then gives for free
-    probe_hvps = check_deterministic(op, seed, v=start(seed, n, "top") if top else None) if probe else 0
+    # the probe multiplies the start of the first Lanczos run (the top's, or the bottom's shift run, which finds
+    # λmax from the same start), whose first product it then gives for free
+    probe_hvps = check_deterministic(op, seed, v=start(seed, n, "top") if top or bottom else None) if probe else 0
     lap("probe")
     found_top = largest(op, top, tol, seed, ncv=ncv) if top else None
     lap("top")
