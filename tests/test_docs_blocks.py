@@ -143,7 +143,7 @@ def test_blocks_said_to_run_elsewhere_are_run_there():
             problems += [f"{b.page}:{b.line}: {c!r} is not run by {b.runs_in}" for c in commands(b.code) if c not in run]
             checked += 1
     assert not problems, "\n".join(problems)
-    assert checked >= 2  # the README's summaries of the uncertainty and curvature guides
+    assert checked >= 3  # the README's summaries of the getting-started, uncertainty and curvature guides
 
 
 @pytest.mark.slow
