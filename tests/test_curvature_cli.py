@@ -4,6 +4,9 @@ gives one line and exit status 2."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -96,6 +99,48 @@ def test_surface_along_eigenvectors_with_a_curvature_map_resumes_and_plots(tmp_p
     np.testing.assert_array_equal(again["loss"].values, ds["loss"].values)
     code, stdout, err = cli(["plot", out, "--kind", "curvature"], capsys)
     assert code == 0, err and (tmp_path / "c_curvature.png").stat().st_size > 1000
+
+
+READ_WITHOUT_TORCH = """
+import sys
+from lossmap.cli import main
+for argv in (["info", "h.nc"], ["plot", "h.nc", "--format", "png,pdf"], ["plot", "h.nc", "--kind", "density", "--out", "d.svg"]):
+    assert main(argv) == 0, argv
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def _numbers(line: str) -> np.ndarray:
+    """The numbers after a line's colon, up to its parenthesis."""
+    return np.array([float(v) for v in line.split(":", 1)[1].split("(")[0].replace("±", ",").split(",")])
+
+
+def test_info_and_plot_read_a_hessian_file_without_torch(tmp_path, cli_files, capsys):
+    code, _, err = cli(["hessian", *cli_files, "--out", tmp_path / "h.nc", "--top", 2, "--bottom", 1, "--tol", 1e-8,
+                        "--trace", "--trace-matvecs", 30, "--density", "--steps", 10, "--per-layer", "--dtype", "float64"],
+                       capsys)
+    assert code == 0, err
+    proc = subprocess.run([sys.executable, "-c", READ_WITHOUT_TORCH], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = {line.split(":")[0]: line for line in proc.stdout.splitlines()}
+    assert printed["torch imported"].endswith("False")
+    ref = oracle_eigenvalues(cli_files)
+    np.testing.assert_allclose(_numbers(printed["largest eigenvalues"]), ref[::-1][:2], rtol=1e-5)
+    np.testing.assert_allclose(_numbers(printed["most negative eigenvalues"]), ref[:1], rtol=1e-5)
+    ds = load_spectrum(tmp_path / "h.nc")
+    np.testing.assert_allclose(_numbers(printed["trace"]), [ds.attrs["trace"], ds.attrs["trace_se"]], rtol=1e-2)
+    assert "163 parameters" in proc.stdout and "  1 (" in proc.stdout and "  3 (" in proc.stdout  # the two layers
+    for name in ("h_density.png", "h_density.pdf", "d.svg"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    # what a Hessian file cannot draw, and a density the file does not hold: one line each
+    code, _, err = cli(["plot", tmp_path / "h.nc", "--kind", "contour"], capsys)
+    assert code == 2 and "--kind density" in err and err.count("\n") == 1, err
+    code, _, err = cli(["hessian", *cli_files, "--out", tmp_path / "top.nc", "--top", 1], capsys)
+    assert code == 0, err
+    code, _, err = cli(["plot", tmp_path / "top.nc"], capsys)
+    assert code == 2 and "--density" in err and err.count("\n") == 1, err
+    assert not list(tmp_path.glob("top_*"))
 
 
 NOISY = """

@@ -87,6 +87,6 @@ def test_another_lossmap_file_given_as_a_landscape_names_its_reader(tmp_path, mo
     assert callable(getattr(importlib.import_module(module), name))  # the hint names a real function
     from lossmap.cli import main
 
-    assert main(["plot", str(path)]) == 2
+    assert main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 2  # plot and info read a Hessian file
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and reader in err[0]

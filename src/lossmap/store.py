@@ -43,7 +43,8 @@ FORMAT = "lossmap.landscape"
 FORMAT_VERSION = 1
 #: lossmap's other netCDF files: what each holds and where it is read (for the message when one is given as a landscape)
 OTHER_FORMATS = {
-    "lossmap.hessian": "a Hessian spectrum (lossmap hessian): read it with lossmap.curvature.results.load_spectrum",
+    "lossmap.hessian": "a Hessian spectrum (lossmap hessian): lossmap info prints it and lossmap plot draws its density; "
+                       "in Python, lossmap.curvature.results.load_spectrum reads it",
     "lossmap.connect": "barriers between two models (lossmap connect draws its figures itself): read it with "
                        "lossmap.connect.files.load_result(path, 'lossmap.connect')",
     "lossmap.curve": "a trained curve (lossmap curve draws its figures itself): read it with "
@@ -393,7 +394,7 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> None:
         raise LossmapError(f"{source}: its '{DONE}' mask has dims {tuple(ds[DONE].dims)}, not the metrics' dims: the file is damaged")
 
 
-def load(path: str | Path) -> xr.Dataset:
+def load(path: str | Path, accept: tuple[str, ...] = ()) -> xr.Dataset:
     """Open a landscape file fully into memory and validate it.
 
     A partial landscape (a run still going, or stopped) loads too: its unfinished points are NaN and
@@ -401,6 +402,8 @@ def load(path: str | Path) -> xr.Dataset:
 
     Args:
         path (str | Path): a ``.nc`` file written by lossmap.
+        accept (tuple[str, ...]): other formats (keys of :data:`OTHER_FORMATS`) the caller reads itself: such a
+            file is returned as it is, its ``lossmap_format`` attribute saying what it is.
 
     Returns:
         xr.Dataset: the landscape.
@@ -417,5 +420,6 @@ def load(path: str | Path) -> xr.Dataset:
         (5, 'random')
     """
     ds = read_netcdf(path, "landscape file")
-    validate(ds, f"file {str(path)!r}")
+    if ds.attrs.get("lossmap_format") not in accept:
+        validate(ds, f"file {str(path)!r}")
     return ds

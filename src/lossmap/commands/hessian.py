@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..curvature.analysis import spectrum_of
-    from ..curvature.plot import plot_density
+    from ..plot.spectrum import plot_density
     from ..curvature.results import save_spectrum, sibling
     from ..distributed import is_primary
     from ..plot.static import save_figure

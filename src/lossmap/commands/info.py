@@ -1,4 +1,5 @@
-"""``lossmap info``: coordinates, metrics and every metadata field of a landscape file."""
+"""``lossmap info``: coordinates, metrics and every metadata field of a landscape file; the numbers of a Hessian
+file."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from ..settings import show_axis, show_setting
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "info",
-        help="print a landscape file's coordinates, metrics and metadata",
+        help="print a landscape file's coordinates, metrics and metadata, or a Hessian file's spectrum",
         description="Print the grid, each metric's range and value at the centre, every metadata attribute, "
-        "and the settings a resumed run must match, one per line.",
+        "and the settings a resumed run must match, one per line. For a Hessian file (lossmap hessian): its "
+        "eigenvalues, trace, density and per-layer spectra, what each cost in HVPs, and every attribute.",
     )
-    p.add_argument("file", metavar="FILE.nc", help="a landscape file")
+    p.add_argument("file", metavar="FILE.nc", help="a landscape file or a Hessian file")
     p.set_defaults(func=run)
     return p
 
@@ -75,22 +77,56 @@ def lines(ds, name: str) -> list[str]:
         from ..trajectory.stored import trajectory_lines
 
         out.extend(trajectory_lines(ds))
-    out.append("metadata:")
     m = meta(ds)
     settings = m.pop("settings", None)
-    width = max((len(str(k)) for k in m), default=0)
-    for key in sorted(m):
-        out.append(f"  {str(key).ljust(width)} = {_value(m[key])}")
+    out.extend(_metadata(m))
     if settings not in (None, ""):  # what a resumed run must match
         out.extend(_settings(settings))
     return out
 
 
+def _metadata(attrs) -> list[str]:
+    """``metadata:`` and under it ``key = value``, one attribute per line, sorted."""
+    width = max((len(str(k)) for k in attrs), default=0)
+    return ["metadata:", *(f"  {str(key).ljust(width)} = {_value(attrs[key])}" for key in sorted(attrs))]
+
+
+def spectrum_lines(ds, name: str) -> list[str]:
+    """A Hessian file (``lossmap hessian``): what it holds, what each part cost, then every attribute."""
+    a = ds.attrs
+    out = [f"file: {name}", f"Hessian spectrum of {int(a.get('parameter_count', 0)):,} parameters "
+           f"(mean {a.get('loss', '?')} loss over {a.get('samples', '?')} samples of {a.get('data', '?')})"]
+    for end, what in (("top", "largest"), ("bottom", "most negative")):
+        if f"eigenvalues_{end}" in ds:
+            values = ", ".join(f"{v:.6g}" for v in ds[f"eigenvalues_{end}"].values)
+            out.append(f"{what} eigenvalues: {values} ({a.get(f'hvps_{end}', '?')} HVPs; tol {a.get('tol', '?')})")
+    if np.isfinite(float(a.get("trace", np.nan))):
+        out.append(f"trace: {a['trace']:.6g} ± {a.get('trace_se', np.nan):.2g} ({a.get('trace_method', '?')}, "
+                   f"{a.get('hvps_trace', '?')} HVPs)")
+    if "density_nodes" in ds:
+        nodes = ds["density_nodes"].values
+        out.append(f"spectral density: {nodes.size} nodes in [{nodes.min():.4g}, {nodes.max():.4g}] from "
+                   f"{a.get('density_runs', '?')} run(s) of {a.get('density_steps', '?')} Lanczos steps "
+                   f"({a.get('hvps_density', '?')} HVPs)")
+    if "layer" in ds.dims:
+        out.append("per layer (parameters: largest, most negative eigenvalues):")
+        for i, layer in enumerate(ds["layer"].values):
+            row = [f"{v:.4g}" for v in ds["layer_eigenvalues_top"].values[i] if np.isfinite(v)]
+            low = [f"{v:.4g}" for v in ds["layer_eigenvalues_bottom"].values[i] if np.isfinite(v)]
+            out.append(f"  {layer} ({int(ds['layer_size'].values[i]):,}): {', '.join(row) or '-'}; {', '.join(low) or '-'}")
+    out.append(f"HVPs: {a.get('hvps_total', '?')} by {a.get('hvp_method', '?')} (the determinism probe's "
+               f"{a.get('hvps_probe', 0)} included)")
+    out.extend(_metadata(dict(a)))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import store
+    from ..plot.spectrum import FORMAT as SPECTRUM
 
-    ds = store.load(args.file)
-    print("\n".join(lines(ds, args.file)))
+    ds = store.load(args.file, accept=(SPECTRUM,))
+    found = spectrum_lines(ds, args.file) if ds.attrs.get("lossmap_format") == SPECTRUM else lines(ds, args.file)
+    print("\n".join(found))
     return 0
 
 

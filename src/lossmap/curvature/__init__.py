@@ -3,10 +3,10 @@ all on a matrix-free Hessian operator (HVPs only)."""
 
 from __future__ import annotations
 
-from .density import SLQ, lanczos, slq, smooth_density
+from ..plot.spectrum import plot_density, smooth_density
+from .density import SLQ, lanczos, slq
 from .maps import CurvatureMap, curvature_map
 from .operator import HessianOperator, flatten, layer_blocks, matrix_operator, unflatten
-from .plot import plot_density
 from .spectrum import Eigen, dense_matrix, top_eigen
 from .trace import TraceEstimate, hutchinson, hutchpp
 

@@ -25,7 +25,7 @@ from .lanczos import orthogonalize
 from .operator import HessianOperator, quiet_blas
 from .trace import _generator, rademacher
 
-__all__ = ["SLQ", "lanczos", "slq", "smooth_density"]
+__all__ = ["SLQ", "lanczos", "slq"]
 
 
 @dataclass
@@ -137,50 +137,3 @@ def slq(op: HessianOperator, steps: int, runs: int = 1, seed: int | np.random.Ge
         weights.append(t_weights / len(starts))
         run.append(np.full(t_nodes.size, r))
     return SLQ(np.concatenate(nodes), np.concatenate(weights), np.concatenate(run), op.count - before, int(steps))
-
-
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
-
-
-def smooth_density(nodes: np.ndarray, weights: np.ndarray, width: float | None = None,
-                   grid: np.ndarray | None = None, points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """The quadrature measure smoothed by a Gaussian kernel, normalized to integrate to 1 on the grid.
-
-    Args:
-        nodes: quadrature nodes (e.g. :attr:`SLQ.nodes`).
-        weights: their weights (e.g. :attr:`SLQ.weights`).
-        width: the kernel's standard deviation (default: 1 % of the nodes' range, or ``1e-3 · max(1, |node|)``
-            when all nodes coincide).
-        grid: evaluation points, increasing (default: ``points`` values from ``min(nodes) − 5·width`` to
-            ``max(nodes) + 5·width``).
-        points: size of the default grid.
-
-    Returns:
-        tuple[np.ndarray, np.ndarray]: ``(grid, density)``; ``density`` integrates to 1 by the trapezoid rule.
-
-    Example:
-        >>> t, p = smooth_density(np.array([0.0]), np.array([1.0]), width=1.0)
-        >>> round(float(np.sum(np.diff(t) * (p[1:] + p[:-1]) / 2)), 12), round(float(p.max()), 3)
-        (1.0, 0.399)
-    """
-    nodes = np.asarray(nodes, dtype=np.float64).reshape(-1)
-    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if nodes.size == 0 or nodes.shape != weights.shape or not np.all(np.isfinite(nodes)):
-        raise LossmapError(f"nodes ({nodes.size}) and weights ({weights.size}) must be equally many finite values, at least one")
-    if width is None:
-        span = float(nodes.max() - nodes.min())
-        width = 0.01 * span if span > 0 else 1e-3 * max(1.0, float(np.abs(nodes).max()))
-    if not (width > 0 and math.isfinite(width)):
-        raise LossmapError(f"width={width}: the kernel width must be a positive number")
-    if grid is None:
-        grid = np.linspace(nodes.min() - 5 * width, nodes.max() + 5 * width, int(points))
-    grid = np.asarray(grid, dtype=np.float64).reshape(-1)
-    if grid.size < 2 or not np.all(np.diff(grid) > 0):
-        raise LossmapError("the density grid must hold at least 2 increasing values")
-    z = (grid[:, None] - nodes[None, :]) / width
-    density = np.exp(-0.5 * z * z) @ weights / (width * math.sqrt(2 * math.pi))
-    total = _trapezoid(density, grid)
-    if not total > 0:
-        raise LossmapError("the density is zero on the whole grid: widen the grid or the kernel")
-    return grid, density / total

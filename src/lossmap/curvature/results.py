@@ -49,12 +49,12 @@ import xarray as xr
 from ..directions import Directions
 from ..errors import LossmapError
 from ..files import atomic_path, check_output, read_netcdf, sibling
+from ..plot.spectrum import FORMAT
 from .analysis import Spectrum
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "parse_picks", "hessian_directions", "spectrum_dataset", "save_spectrum",
            "load_spectrum", "load_eigenvectors", "sibling"]
 
-FORMAT = "lossmap.hessian"
 FORMAT_VERSION = 1
 ENDS = ("top", "bottom")
 
