@@ -112,6 +112,9 @@ def test_exact_permuted_copy_is_aligned_to_a_flat_path(env, tmp_path, capsys):
     text = run_ok(["connect", env["a"], env["b"], "--model", env["spec"], "--data", env["data"], "--alphas", "5",
                    "--refine", "2", "--align", "weights", "--out", out], capsys)
     assert "Frankle" in text and "Entezari" in text
+    table = [line for line in text.splitlines() if line.startswith(("data ", env["data"]))]
+    shown = run_ok(["info", out], capsys).splitlines()  # the same table from the file, then its attributes
+    assert len(table) == 7 and shown[1:8] == table and ["lossmap_format", "=", "lossmap.connect"] in [r.split() for r in shown]
     ds = load_result(out, "lossmap.connect")
     assert list(ds["path"].values) == ["unaligned", "aligned"]
     aligned = ds["barrier"].sel(path="aligned").values

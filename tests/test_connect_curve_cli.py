@@ -68,6 +68,9 @@ def test_curve_command_files_and_values(env, tmp_path, capsys):
     assert main([str(a) for a in argv]) == 0
     text = capsys.readouterr().out
     assert "curve: max loss" in text and "line: max loss" in text
+    assert main(["info", str(stem) + ".nc"]) == 0  # the file says what the command printed
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[1:3] == [line for line in text.splitlines() if line.startswith(("curve: ", "line: "))]
     for name in ("cv.bend.safetensors", "cv.nc", "cv_plane.nc", "cv_plane.directions.safetensors", "cv.png", "cv.pdf",
                  "cv_profile.png", "cv_profile.pdf"):
         assert (tmp_path / name).stat().st_size > 0, name

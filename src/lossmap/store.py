@@ -45,9 +45,9 @@ FORMAT_VERSION = 1
 OTHER_FORMATS = {
     "lossmap.hessian": "a Hessian spectrum (lossmap hessian): lossmap info prints it and lossmap plot draws its density; "
                        "in Python, lossmap.curvature.results.load_spectrum reads it",
-    "lossmap.connect": "barriers between two models (lossmap connect draws its figures itself): read it with "
-                       "lossmap.connect.files.load_result(path, 'lossmap.connect')",
-    "lossmap.curve": "a trained curve (lossmap curve draws its figures itself): read it with "
+    "lossmap.connect": "barriers between two models (lossmap connect draws its figures itself; lossmap info prints "
+                       "it): read it with lossmap.connect.files.load_result(path, 'lossmap.connect')",
+    "lossmap.curve": "a trained curve (lossmap curve draws its figures itself; lossmap info prints it): read it with "
                      "lossmap.connect.files.load_result(path, 'lossmap.curve')",
 }
 #: attributes stored as JSON strings

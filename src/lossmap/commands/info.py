@@ -1,5 +1,5 @@
-"""``lossmap info``: coordinates, metrics and every metadata field of a landscape file; the numbers of a Hessian
-file."""
+"""``lossmap info``: coordinates, metrics and every metadata field of a landscape file; the numbers of a Hessian,
+barrier or curve file."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from ..settings import show_axis, show_setting
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "info",
-        help="print a landscape file's coordinates, metrics and metadata, or a Hessian file's spectrum",
+        help="print a landscape file's coordinates, metrics and metadata, or what a Hessian, barrier or curve file holds",
         description="Print the grid, each metric's range and value at the centre, every metadata attribute, "
         "and the settings a resumed run must match, one per line. For a Hessian file (lossmap hessian): its "
-        "eigenvalues, trace, density and per-layer spectra, what each cost in HVPs, and every attribute.",
+        "eigenvalues, trace, density and per-layer spectra, what each cost in HVPs, and every attribute; for a "
+        "file of lossmap connect or lossmap curve: its barriers (the table the command printed) and every attribute.",
     )
-    p.add_argument("file", metavar="FILE.nc", help="a landscape file or a Hessian file")
+    p.add_argument("file", metavar="FILE.nc", help="a file written by lossmap")
     p.set_defaults(func=run)
     return p
 
@@ -120,12 +121,28 @@ def spectrum_lines(ds, name: str) -> list[str]:
     return out
 
 
+def connectivity_lines(ds, name: str) -> list[str]:
+    """A ``lossmap connect`` file (its barrier table) or a ``lossmap curve`` file (its peaks and barrier), then
+    every attribute."""
+    from ..connect.connection import FORMAT as CONNECT, barrier_table
+    from .curve import curve_summary
+
+    table = barrier_table(ds) if ds.attrs.get("lossmap_format") == CONNECT else curve_summary(ds)
+    return [f"file: {name}", *table.splitlines(), *_metadata(dict(ds.attrs))]
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import store
     from ..plot.spectrum import FORMAT as SPECTRUM
 
-    ds = store.load(args.file, accept=(SPECTRUM,))
-    found = spectrum_lines(ds, args.file) if ds.attrs.get("lossmap_format") == SPECTRUM else lines(ds, args.file)
+    ds = store.load(args.file, accept=tuple(store.OTHER_FORMATS))
+    fmt = ds.attrs.get("lossmap_format")
+    if fmt == SPECTRUM:
+        found = spectrum_lines(ds, args.file)
+    elif fmt in store.OTHER_FORMATS:
+        found = connectivity_lines(ds, args.file)
+    else:
+        found = lines(ds, args.file)
     print("\n".join(found))
     return 0
 
