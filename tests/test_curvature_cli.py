@@ -176,11 +176,26 @@ def shuffled():
     (["--tensors", "nothing*"], "matches no tensor"),
     (["--trace", "--trace-matvecs", 2], "--trace-matvecs 2"),
     (["--directions", "left"], "not understood"),
+    (["--top", 1, "--directions", "top,top"], "--top 2 or more"),
+    (["--top", 2, "--directions", "top,bottom"], "--bottom 1 or more"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_files, capsys, extra, match):
-    code, _, err = cli(["hessian", *cli_files, "--out", tmp_path / "h.nc", *extra], capsys)
+    code, out, err = cli(["hessian", *cli_files, "--out", tmp_path / "h.nc", *extra], capsys)
     assert code == 2 and match in err and err.count("\n") == 1, err
-    assert not (tmp_path / "h.nc").exists()
+    assert "HVPs" not in out and not (tmp_path / "h.nc").exists()  # refused before any work
+
+
+def test_negative_seeds_seed_the_curvature_commands(tmp_path, cli_files, capsys):
+    # numpy's seed sequences refuse negative numbers; torch.manual_seed and `surface --seed` take them
+    code, _, err = cli(["hessian", *cli_files, "--out", tmp_path / "h.nc", "--top", 2, "--tol", 1e-8, "--trace",
+                        "--trace-matvecs", 9, "--seed", -3, "--dtype", "float64"], capsys)
+    assert code == 0, err
+    ref = oracle_eigenvalues(cli_files)
+    np.testing.assert_allclose(load_spectrum(tmp_path / "h.nc")["eigenvalues_top"].values, ref[::-1][:2], rtol=1e-6)
+    code, _, err = cli(["surface", *cli_files, "--directions-from", "hessian", "--curvature", "--seed", -2,
+                        "--x", "-0.5:0.5:3", "--out", tmp_path / "s.nc"], capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(store.load(tmp_path / "s.nc")["lambda_max"].sel(x=0.0), ref[-1], rtol=1e-4)
 
 
 def test_no_parameters_and_nondeterminism_are_one_line(tmp_path, cli_files, capsys):

@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     from ..curvature.results import parse_picks
 
     picks = parse_picks(args.directions) if args.directions else None
+    for end, i in picks or []:  # before the work, not after it
+        if i >= (args.top if end == "top" else args.bottom):
+            raise LossmapError(f"--directions {args.directions} takes {end} eigenvector {i + 1}: pass --{end} {i + 1} or more")
     if out.exists() and not args.overwrite:
         raise LossmapError(f"{str(out)!r} exists: pass --overwrite to replace it, or choose another --out")
     import logging

@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .._rng import generator
 from ..errors import LossmapError
 from ..space import pieces
 from .check import as_state, check_spec, check_states
@@ -107,7 +108,7 @@ def weight_matching(
     """
     if max_iter < 1:
         raise LossmapError(f"max_iter={max_iter!r}: weight matching needs at least 1 sweep")
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     names = list(spec.perms)
     perms = {p: np.arange(n) for p, n in spec.sizes.items()}
     by_tensor: dict[str, list[tuple[str, int, int]]] = {}

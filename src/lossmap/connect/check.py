@@ -5,11 +5,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .._rng import generator
 from ..errors import LossmapError
 from .spec import PermutationSpec, apply_permutation, random_permutations
 
@@ -141,7 +141,7 @@ def check_spec(
     """
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     tol = TOLERANCE.get(dtype, 1e-2)
-    perms = random_permutations(spec, np.random.default_rng(seed))
+    perms = random_permutations(spec, generator(seed))
     ref = run_with_state(model, state, probe)
     got = run_with_state(model, apply_permutation(state, spec, perms), probe)
     dev = _deviation(ref, got)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._rng import generator
 from ..errors import LossmapError
 from ..objective import Objective
 from .density import SLQ, slq
@@ -200,11 +201,11 @@ def spectrum_of(objective: Objective, *, top: int = 5, bottom: int = 0, tol: flo
     lap("bottom")
     if found_top is not None or found_bottom is not None:
         say(_eigen_line(found_top, found_bottom, tol))
-    trace = hutchpp(op, trace_matvecs, seed=np.random.default_rng([seed, 2])) if trace_matvecs else None
+    trace = hutchpp(op, trace_matvecs, seed=generator(seed, 2)) if trace_matvecs else None
     lap("trace")
     if trace is not None:
         say(f"trace {trace.estimate:.6g} ± {trace.se:.2g} (Hutch++, {trace.hvps} HVPs)")
-    density = slq(op, density_steps, density_runs, seed=np.random.default_rng([seed, 3])) if density_steps else None
+    density = slq(op, density_steps, density_runs, seed=generator(seed, 3)) if density_steps else None
     lap("density")
     method = op.hvp.method  # the probe's choice where it was "auto"
     layers = _layers(op, max(top, 1), max(bottom, 1), tol, seed) if per_layer else {}

@@ -23,7 +23,8 @@ import scipy.linalg
 from ..errors import LossmapError
 from .lanczos import orthogonalize
 from .operator import HessianOperator, quiet_blas
-from .trace import _generator, rademacher
+from .._rng import generator
+from .trace import rademacher
 
 __all__ = ["SLQ", "lanczos", "slq"]
 
@@ -124,7 +125,7 @@ def slq(op: HessianOperator, steps: int, runs: int = 1, seed: int | np.random.Ge
     if starts is None:
         if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
             raise LossmapError(f"runs={runs!r}: use a whole number of runs >= 1")
-        rng = _generator(seed)
+        rng = generator(seed)
         starts = [rademacher(rng, n) for _ in range(int(runs))]
     starts = np.asarray(starts, dtype=np.float64)
     starts = starts[None] if starts.ndim == 1 else starts

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from .._rng import generator
 from ..errors import LossmapError
 from .lanczos import lanczos_largest
 from .operator import HessianOperator, quiet_blas
@@ -37,7 +38,7 @@ def start(seed: int, n: int, end: str) -> np.ndarray:
         >>> bool(np.array_equal(start(0, 4, "top"), start(0, 4, "top")))
         True
     """
-    return np.random.default_rng([int(seed), 0 if end == "top" else 1]).standard_normal(n)
+    return generator(seed, 0 if end == "top" else 1).standard_normal(n)
 
 
 def warm_start(v0: np.ndarray | None, seed: int, end: str) -> np.ndarray | None:

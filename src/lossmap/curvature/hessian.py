@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._rng import generator
 from ..errors import LossmapError
 from ..objective import HVP_METHODS, Objective
 from ..data.source import budget_bytes
@@ -187,7 +188,7 @@ def check_deterministic(op: HessianOperator, seed: int = 0, rtol: float | None =
         2
     """
     before = op.count
-    v = rademacher(np.random.default_rng(seed), op.shape[0]) if v is None else np.asarray(v, dtype=np.float64)
+    v = rademacher(generator(seed), op.shape[0]) if v is None else np.asarray(v, dtype=np.float64)
     v = v / np.linalg.norm(v)
     bound = op.hvp if isinstance(op.hvp, BoundHVP) else None
     choose = bound is not None and bound.method == "auto"

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .._rng import generator
 from ..errors import LossmapError
 
 __all__ = ["lanczos_largest", "orthogonalize", "default_ncv", "default_min_steps"]
@@ -147,7 +148,7 @@ def lanczos_largest(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: int, 
         raise LossmapError(f"ncv={ncv} basis vectors for k={k} eigenvalues: use ncv > k")
     eps = np.finfo(np.float64).eps
     tol = max(float(tol), eps)
-    basis = _Basis(n, ncv, np.random.default_rng([int(seed), 7]))
+    basis = _Basis(n, ncv, generator(seed, 7))
     start = None if v0 is None else np.asarray(v0, dtype=np.float64).reshape(n)
     basis.q[0] = basis.fresh(0) if start is None or not np.any(start) else start / np.linalg.norm(start)
     keep = max(k, min(ncv - 1, (ncv + k) // 2))

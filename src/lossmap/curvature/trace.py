@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from .._rng import generator
 from ..errors import LossmapError
 from .operator import HessianOperator, quiet_blas
 
@@ -43,14 +44,6 @@ class TraceEstimate:
     hvps: int
     method: str
     probes: int
-
-
-def _generator(seed: int | np.random.Generator) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise LossmapError(f"seed={seed!r}: pass a whole number (or a numpy Generator)")
-    return np.random.default_rng(int(seed))
 
 
 def rademacher(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -87,7 +80,7 @@ def hutchinson(op: HessianOperator, probes: int, seed: int | np.random.Generator
     """
     if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
         raise LossmapError(f"probes={probes!r}: use a whole number >= 1")
-    rng, n, before = _generator(seed), op.shape[0], op.count
+    rng, n, before = generator(seed), op.shape[0], op.count
     samples = []
     for _ in range(probes):
         z = rademacher(rng, n)
@@ -120,7 +113,7 @@ def hutchpp(op: HessianOperator, matvecs: int, seed: int | np.random.Generator =
     """
     if isinstance(matvecs, bool) or not isinstance(matvecs, (int, np.integer)) or matvecs < 3:
         raise LossmapError(f"matvecs={matvecs!r}: Hutch++ needs a whole number >= 3 (a third sketches the range)")
-    rng, n, before = _generator(seed), op.shape[0], op.count
+    rng, n, before = generator(seed), op.shape[0], op.count
     s = int(matvecs) // 3
     sketch = np.empty((n, s), dtype=np.float64)
     for j in range(s):

@@ -49,6 +49,7 @@ import numpy as np
 import xarray as xr
 
 from .. import stats as lstats
+from .._rng import generator
 from ..errors import LossmapError
 from ..store import require_metric
 
@@ -257,7 +258,7 @@ def describe(values, level: float = 0.9, method: str = "t", seed: int = 0, resam
     else:
         if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
             raise LossmapError(f"resamples={resamples!r} must be a whole number >= 100")
-        rng = np.random.default_rng(seed)
+        rng = generator(seed)
         means = finite[rng.integers(0, k, size=(resamples, k))].mean(axis=1)
         lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
         out.update(ci_low=float(lo), ci_high=float(hi))
