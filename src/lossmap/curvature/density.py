@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from .._rng import generator
 from ..errors import LossmapError
 from .lanczos import orthogonalize
 from .operator import HessianOperator, quiet_blas
-from .._rng import generator
 from .trace import rademacher
 
 __all__ = ["SLQ", "lanczos", "slq"]

@@ -1,7 +1,7 @@
 """Figures of a Hessian spectrum: the spectral density from stochastic Lanczos quadrature's nodes and weights,
 smoothed by a Gaussian kernel, drawn from a spectrum in memory or from a ``lossmap hessian`` file.
 
-numpy, xarray and matplotlib only: drawing a stored spectrum does not import torch.
+numpy and matplotlib only: drawing a stored spectrum does not import torch.
 """
 
 from __future__ import annotations
