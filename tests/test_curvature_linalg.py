@@ -303,6 +303,23 @@ def test_plot_density_draws_a_normalized_curve_without_pyplot():
     assert fig2 is fig and ax2.get_yscale() == "log"
 
 
+def test_a_files_density_figure_marks_the_lanczos_extremes_it_holds():
+    import xarray as xr
+
+    from lossmap.plot.spectrum import density_figure
+
+    density = {"density_nodes": ("node", np.array([-1.0, 0.0, 4.0])), "density_weights": ("node", np.array([0.2, 0.7, 0.1]))}
+    ends = {"eigenvalues_top": ("top", np.array([6.0, 4.5])), "eigenvalues_bottom": ("bottom", np.array([-2.0, -1.5]))}
+    ax = density_figure(xr.Dataset({**density, **ends})).axes[0]
+    marks = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert marks == [6.0, -2.0] and ax.get_xlim()[0] <= -2.0 and ax.get_xlim()[1] >= 6.0  # both in view
+    assert len(ax.get_legend().get_texts()) == 2
+    bare = density_figure(xr.Dataset(density)).axes[0]
+    assert len(bare.get_lines()) == 1 and bare.get_legend() is None
+    with pytest.raises(LossmapError, match="--density"):
+        density_figure(xr.Dataset(ends), "h.nc")
+
+
 # --------------------------------------------------------------------------------------------------------
 # a small MLP against the dense autograd Hessian
 # --------------------------------------------------------------------------------------------------------

@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..curvature.analysis import spectrum_of
-    from ..plot.spectrum import plot_density
-    from ..curvature.results import save_spectrum, sibling
+    from ..curvature.results import load_spectrum, save_spectrum, sibling
+    from ..plot.spectrum import density_figure
     from ..distributed import is_primary
     from ..plot.static import save_figure
     from ..space import tensor_hash
@@ -159,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
                  theta0_sha256=tensor_hash(objective.theta0), tensor_filter=args.tensors or "", seconds=round(t.seconds, 3))
     written = save_spectrum(spectrum, out, picks=picks, tensor_filter=args.tensors,
                             origin_sha256=tensor_hash(objective.theta0), attrs=attrs)
-    if spectrum.density is not None:
-        fig, _ = plot_density(spectrum.density.nodes, spectrum.density.weights)
+    if spectrum.density is not None:  # drawn from the file, as lossmap plot draws it
+        fig = density_figure(load_spectrum(written["spectrum"]))
         written["figure"] = save_figure(fig, sibling(out, "_density"), ["png"])[0]
     print(summary(spectrum, written, t.seconds))
     return 0

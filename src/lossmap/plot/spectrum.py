@@ -106,7 +106,11 @@ def smooth_density(nodes: np.ndarray, weights: np.ndarray, width: float | None =
 
 
 def density_figure(ds: Any, source: str = "the Hessian file") -> Any:
-    """The spectral density of a ``lossmap hessian`` file (:func:`plot_density` of its nodes and weights).
+    """The spectral density of a ``lossmap hessian`` file, with its Lanczos λmax and λmin marked where it has them.
+
+    The density's nodes are Ritz values of a few Lanczos steps: its outermost nodes approach the extreme
+    eigenvalues but need not reach them, so the eigenvalues found to the file's tolerance are drawn as dashed
+    lines beside the curve.
 
     Args:
         ds: the file's dataset (:func:`lossmap.curvature.results.load_spectrum`).
@@ -120,5 +124,15 @@ def density_figure(ds: Any, source: str = "the Hessian file") -> Any:
     """
     if "density_nodes" not in ds.variables or "density_weights" not in ds.variables:
         raise LossmapError(f"{source} holds no spectral density: run lossmap hessian with --density")
-    fig, _ = plot_density(ds["density_nodes"].values, ds["density_weights"].values)
+    fig, ax = plot_density(ds["density_nodes"].values, ds["density_weights"].values)
+    marks = [(f"eigenvalues_{end}", pick, label, colour) for end, pick, label, colour in
+             (("top", np.max, "λmax", "C3"), ("bottom", np.min, "λmin", "C2"))]
+    shown = False
+    for name, pick, label, colour in marks:
+        if name in ds.variables and ds[name].size:
+            value = float(pick(ds[name].values))
+            ax.axvline(value, color=colour, ls="--", lw=1.0, label=f"{label} = {value:.4g} (Lanczos)")
+            shown = True
+    if shown:
+        ax.legend(loc="best", fontsize="small", frameon=False)
     return fig
