@@ -125,14 +125,11 @@ def density_figure(ds: Any, source: str = "the Hessian file") -> Any:
     if "density_nodes" not in ds.variables or "density_weights" not in ds.variables:
         raise LossmapError(f"{source} holds no spectral density: run lossmap hessian with --density")
     fig, ax = plot_density(ds["density_nodes"].values, ds["density_weights"].values)
-    marks = [(f"eigenvalues_{end}", pick, label, colour) for end, pick, label, colour in
-             (("top", np.max, "λmax", "C3"), ("bottom", np.min, "λmin", "C2"))]
-    shown = False
-    for name, pick, label, colour in marks:
+    ends = (("eigenvalues_top", np.max, "λmax", "C3"), ("eigenvalues_bottom", np.min, "λmin", "C2"))
+    for name, pick, label, colour in ends:
         if name in ds.variables and ds[name].size:
             value = float(pick(ds[name].values))
             ax.axvline(value, color=colour, ls="--", lw=1.0, label=f"{label} = {value:.4g} (Lanczos)")
-            shown = True
-    if shown:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small", frameon=False)
     return fig
